@@ -1,0 +1,63 @@
+# lesionseg — every stage is a target. Variables:
+#   DATA=folder of cases   CONFIG=stage config   RUN=run folder   PRED=predictions   OUT=report folder
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA   ?= data_samples
+CONFIG ?= pipelines/samples.toml
+RUN    ?= runs/samples
+PRED   ?= $(RUN)/pred
+OUT    ?= $(RUN)/report
+PATCHES ?= $(RUN)/patches
+SET    ?=
+LESIONSEG := $(BIN)/lesionseg
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install test demo check patches train infer tune evaluate compare samples bench clean
+
+install: $(STAMP)  ## create the virtual environment and install lesionseg (+ test tools)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+test: install  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+demo: install  ## the main job on data_samples/: check -> train -> infer -> evaluate
+	$(MAKE) --no-print-directory check train infer evaluate
+	@echo ""
+	@echo "Demo finished. Reports:"
+	@echo "  validation during training: $(RUN)/validation/  (history: $(RUN)/history.csv, curves: $(RUN)/curves.png)"
+	@echo "  per lesion:  $(OUT)/lesions.csv"
+	@echo "  per case:    $(OUT)/cases.csv"
+	@echo "  summary:     $(OUT)/summary.csv"
+
+check: install  ## validate the cases in DATA
+	$(LESIONSEG) check $(DATA) --config $(CONFIG)
+
+patches: install  ## write a patch bank (index.csv + patches) to PATCHES
+	$(LESIONSEG) patches --config $(CONFIG) --data $(DATA) --out $(PATCHES) $(SET)
+
+train: install  ## train a model into RUN
+	$(LESIONSEG) train --config $(CONFIG) --data $(DATA) --out $(RUN) $(SET)
+
+infer: install  ## predict DATA with the model in RUN into PRED
+	$(LESIONSEG) infer --model $(RUN) --input $(DATA) --out $(PRED) $(SET)
+
+tune: install  ## tune threshold and minimum lesion size of RUN on DATA
+	$(LESIONSEG) tune --model $(RUN) --data $(DATA) $(SET)
+
+evaluate: install  ## lesion-wise evaluation of PRED against DATA into OUT
+	$(LESIONSEG) evaluate --pred $(PRED) --truth $(DATA) --out $(OUT) --config $(CONFIG) $(SET)
+
+samples: install  ## regenerate data_samples/ (deterministic)
+	$(LESIONSEG) samples --out data_samples
+
+bench: install  ## run the benchmarks in bench/
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf runs .pytest_cache

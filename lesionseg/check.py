@@ -1,0 +1,220 @@
+"""``lesionseg check``: validate every case of a data folder before using it.
+
+Each problem becomes one line ``ERROR <case>/<file>: <problem>`` (or
+``WARNING ...`` for things that work but deserve a look: an empty mask, a
+volume smaller than a patch).  All problems of all cases are reported, not
+only the first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cc3d
+import nibabel as nib
+import numpy as np
+
+from lesionseg.errors import DataError
+from lesionseg.io import (
+    Grid,
+    _grid_mismatch,
+    display_path,
+    find_file,
+    grid_of,
+    list_cases,
+    read_image,
+    read_mask,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :func:`check_case`.
+
+    Attributes
+    ----------
+    level : {"ERROR", "WARNING"}
+    text : str
+        ``<case>/<file>: <problem>``.
+    """
+
+    level: str
+    text: str
+
+    def line(self) -> str:
+        """The line printed for the user."""
+        return f"{self.level} {self.text}"
+
+
+@dataclass(frozen=True)
+class CaseSummary:
+    """One row of the ``check`` table."""
+
+    case: str
+    shape: tuple[int, ...] | None
+    spacing_mm: tuple[float, ...] | None
+    orientation: str
+    lesions: int | None
+    lesion_volume_ml: float | None
+    status: str
+
+
+@dataclass
+class CheckReport:
+    """All findings for a data folder."""
+
+    cases: list[CaseSummary] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no ERROR was found (warnings are allowed)."""
+        return not any(p.level == "ERROR" for p in self.problems)
+
+    def table(self) -> str:
+        """The per-case table as aligned text."""
+        header = ("case", "shape", "spacing_mm", "orient", "lesions", "lesion_ml", "status")
+        rows = [header]
+        for c in self.cases:
+            rows.append(
+                (
+                    c.case,
+                    "x".join(map(str, c.shape)) if c.shape else "-",
+                    "x".join(f"{z:g}" for z in c.spacing_mm) if c.spacing_mm else "-",
+                    c.orientation,
+                    "-" if c.lesions is None else str(c.lesions),
+                    "-" if c.lesion_volume_ml is None else f"{c.lesion_volume_ml:.2f}",
+                    c.status,
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def check_case(
+    case_dir: Path,
+    channels: Sequence[str],
+    mask_name: str | None = "lesion_mask",
+    mask_values: str = "binary",
+    affine_tolerance: float = 1e-3,
+    patch_size: Sequence[int] = (48, 48, 48),
+) -> tuple[CaseSummary, list[Problem]]:
+    """Check one case folder and return its summary row and all its problems.
+
+    Parameters
+    ----------
+    case_dir : Path
+        The case folder.
+    channels : sequence of str
+        Channel stems that must be present.
+    mask_name : str or None
+        Stem of the mask that must be present; ``None`` for unlabeled data.
+    mask_values : {"binary", "positive"}
+        See :func:`lesionseg.io.read_mask`.
+    affine_tolerance : float
+        Largest allowed affine difference (mm) between the case's files.
+    patch_size : sequence of int
+        Patch size, to warn about volumes that will need padding.
+    """
+    case = case_dir.name
+    problems: list[Problem] = []
+
+    def error(text: str) -> None:
+        problems.append(Problem("ERROR", text))
+
+    ref: tuple[Grid, Path] | None = None
+    grids: list[tuple[Grid, Path]] = []
+    for name in channels:
+        path = find_file(case_dir, name)
+        if path is None:
+            error(f"{case}/{name}.nii.gz: missing channel")
+            continue
+        try:
+            data, img = read_image(path)
+        except DataError as exc:
+            error(str(exc))
+            continue
+        lo, hi = float(data.min()), float(data.max())
+        if lo == hi:
+            error(f"{display_path(path)}: constant image (every voxel is {lo:g})")
+        grids.append((grid_of(img), path))
+        del data
+
+    lesions = volume_ml = None
+    if mask_name is not None:
+        path = find_file(case_dir, mask_name)
+        if path is None:
+            error(f"{case}/{mask_name}.nii.gz: missing mask")
+        else:
+            try:
+                mask, img = read_mask(path, mask_values)
+                grid = grid_of(img)
+                grids.append((grid, path))
+                _, lesions = cc3d.connected_components(mask, connectivity=26, return_N=True)
+                lesions = int(lesions)
+                volume_ml = float(mask.sum()) * grid.voxel_volume_mm3 / 1000.0
+                if lesions == 0:
+                    problems.append(Problem("WARNING", f"{display_path(path)}: mask is empty (no lesion)"))
+            except DataError as exc:
+                error(str(exc))
+
+    if grids:
+        ref = grids[0]
+        for grid, path in grids[1:]:
+            mismatch = _grid_mismatch(ref[0], grid, ref[1], path, affine_tolerance)
+            if mismatch:
+                error(f"{display_path(path)}: {mismatch}")
+        small = [s < p for s, p in zip(ref[0].shape, patch_size)]
+        if any(small):
+            problems.append(
+                Problem(
+                    "WARNING",
+                    f"{display_path(ref[1])}: volume {ref[0].shape} is smaller than the patch "
+                    f"{tuple(patch_size)}; it will be padded",
+                )
+            )
+
+    summary = CaseSummary(
+        case=case,
+        shape=ref[0].shape if ref else None,
+        spacing_mm=ref[0].zooms if ref else None,
+        orientation="".join(nib.aff2axcodes(ref[0].affine)) if ref else "-",
+        lesions=lesions,
+        lesion_volume_ml=volume_ml,
+        status="ERROR" if any(p.level == "ERROR" for p in problems) else (
+            "WARNING" if problems else "ok"
+        ),
+    )
+    return summary, problems
+
+
+def check_dataset(
+    data_dir: str | Path,
+    channels: Sequence[str],
+    mask_name: str | None = "lesion_mask",
+    mask_values: str = "binary",
+    affine_tolerance: float = 1e-3,
+    patch_size: Sequence[int] = (48, 48, 48),
+) -> CheckReport:
+    """Check every case of a data folder (see :func:`check_case`).
+
+    Raises
+    ------
+    DataError
+        Only when the folder itself is missing or holds no case.
+    """
+    report = CheckReport()
+    cases = list_cases(data_dir)
+    for i, case_dir in enumerate(cases, 1):
+        summary, problems = check_case(
+            case_dir, channels, mask_name, mask_values, affine_tolerance, patch_size
+        )
+        log.info("checked %d/%d %s: %s", i, len(cases), case_dir.name, summary.status)
+        report.cases.append(summary)
+        report.problems.extend(problems)
+    return report

@@ -1,0 +1,281 @@
+"""The ``lesionseg`` command line: parses arguments, calls a stage, maps errors.
+
+Every subcommand takes ``--config FILE`` (TOML/YAML/JSON) and any number of
+``--set section.key=value`` overrides.  A problem with the user's input is
+printed as one line ``ERROR <file>: <problem>`` and exits 1, without a
+traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from lesionseg import __version__
+from lesionseg.config import Config, load_config
+from lesionseg.errors import LesionsegError
+from lesionseg.logs import setup_logging
+
+log = logging.getLogger("lesionseg")
+
+EPILOG = "Docs: README.md. Data layout: DATA/<case>/<channel>.nii.gz + lesion_mask.nii.gz."
+
+
+def _add_config_args(p: argparse.ArgumentParser, config_help: str = "stage config file") -> None:
+    p.add_argument("--config", "-c", type=Path, help=f"{config_help} (.toml, .yaml or .json)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.epochs=5 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="lesionseg",
+        description="Find small lesions in 3D NIfTI volumes: patches, train, infer, evaluate.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"lesionseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "check",
+        help="validate every case of a data folder",
+        description="Validate every case: missing or unreadable files, not 3D, shapes or "
+        "affines that differ between channels and mask, non-binary mask, NaN/Inf, constant "
+        "images (errors); empty masks and volumes smaller than a patch (warnings). Prints a "
+        "table of cases and one line per problem; exits 1 if any error was found.",
+    )
+    p.add_argument("data", type=Path, help="data folder (DATA/<case>/<channel>.nii.gz)")
+    p.add_argument("--channels", help="comma-separated channel names (default: from config)")
+    p.add_argument("--no-mask", action="store_true", help="cases have no lesion mask (inference data)")
+    _add_config_args(p)
+
+    p = sub.add_parser(
+        "patches",
+        help="sample lesion-aware patches into a patch bank",
+        description="Sample patches (lesion-centred per connected component, brain, random) "
+        "and write them with P/index.csv, so you can inspect what training will see.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="data folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder P")
+    _add_config_args(p)
+
+    p = sub.add_parser(
+        "train",
+        help="train a 3D U-Net",
+        description="Train a 3D U-Net on online lesion-aware patches; keep the model with the "
+        "best validation lesion-wise F1 on whole volumes. Writes RUN/model.keras, "
+        "RUN/config.yaml, RUN/history.csv, RUN/curves.png and validation reports.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="data folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder RUN")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    _add_config_args(p)
+
+    p = sub.add_parser(
+        "infer",
+        help="sliding-window inference on whole volumes",
+        description="Predict every case with overlapping windows (probabilities averaged "
+        "before the decision). Writes PRED/<case>_prob.nii.gz (float32) and "
+        "PRED/<case>_pred.nii.gz (uint8) on the input grid.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="run folder (with model.keras and config.yaml)")
+    p.add_argument("--input", type=Path, required=True, help="data folder or one case folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder PRED")
+    _add_config_args(p, "config whose [infer] section overrides the run's")
+
+    p = sub.add_parser(
+        "tune",
+        help="pick threshold and minimum lesion size for lesion F1",
+        description="Predict validation cases once, then pick the (threshold, minimum lesion "
+        "size) pair that maximises lesion-wise F1; stores it with the model.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="run folder")
+    p.add_argument("--data", type=Path, required=True, help="labelled cases to tune on")
+    _add_config_args(p)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="lesion-wise TP/FP/FN, Dice and CSV reports",
+        description="Match predicted and truth lesions (3D connected components) and write "
+        "REPORT/lesions.csv, REPORT/cases.csv and REPORT/summary.csv.",
+    )
+    p.add_argument("--pred", type=Path, required=True, help="folder of <case>_pred.nii.gz")
+    p.add_argument("--truth", type=Path, required=True, help="data folder with the masks")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--overlays", action="store_true", help="also write PNG overlays per case")
+    _add_config_args(p)
+
+    p = sub.add_parser(
+        "compare",
+        help="side-by-side table of several reports",
+        description="One row per report folder: run, GT, TP, FP, FN, precision, recall, F1, "
+        "Dice. Written as CSV and printed as a Markdown table.",
+    )
+    p.add_argument("reports", type=Path, nargs="+", help="report folders (with summary.csv)")
+    p.add_argument("--out", type=Path, required=True, help="output CSV")
+
+    p = sub.add_parser(
+        "samples",
+        help="(re)generate the synthetic sample cases",
+        description="Write the deterministic synthetic cases bundled in data_samples/.",
+    )
+    p.add_argument("--out", type=Path, default=Path("data_samples"), help="output folder")
+    return parser
+
+
+def _config(args: argparse.Namespace, base: Path | None = None) -> Config:
+    path = getattr(args, "config", None) or base
+    return load_config(path, getattr(args, "overrides", []))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from lesionseg.check import check_dataset
+
+    cfg = _config(args)
+    channels = [c.strip() for c in args.channels.split(",")] if args.channels else list(cfg.data.channels)
+    report = check_dataset(
+        args.data,
+        channels,
+        mask_name=None if args.no_mask else cfg.data.mask,
+        mask_values=cfg.data.mask_values,
+        affine_tolerance=cfg.data.affine_tolerance,
+        patch_size=cfg.patches.size,
+    )
+    print(report.table())
+    for problem in report.problems:
+        print(problem.line())
+    n_err = sum(p.level == "ERROR" for p in report.problems)
+    n_warn = len(report.problems) - n_err
+    log.info("%d case(s) checked: %d error(s), %d warning(s)", len(report.cases), n_err, n_warn)
+    return 0 if report.ok else 1
+
+
+def cmd_patches(args: argparse.Namespace) -> int:
+    from lesionseg.patches import write_patch_bank
+
+    index = write_patch_bank(_config(args), args.data, args.out)
+    log.info("patch index: %s", index)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lesionseg.train import train
+
+    base = args.out / "config.yaml" if args.resume and not args.config else None
+    run_dir = train(_config(args, base), args.data, args.out, resume=args.resume)
+    log.info("run written to %s", run_dir)
+    return 0
+
+
+def _run_config(args: argparse.Namespace) -> Config:
+    """The run's stored config with the [infer]/[evaluate] of --config and --set on top."""
+    from lesionseg.config import config_from_dict, config_to_dict, parse_override
+
+    stored = args.model / "config.yaml"
+    if not stored.is_file():
+        raise LesionsegError(f"{stored}: missing; is {args.model} a lesionseg run folder?")
+    raw = config_to_dict(load_config(stored))
+    if args.config:
+        user = config_to_dict(load_config(args.config))
+        for section in ("infer", "evaluate"):
+            raw[section] = user[section]
+    for text in args.overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from lesionseg.predict import run_inference
+
+    outputs = run_inference(args.model, _run_config(args), args.input, args.out)
+    log.info("%d case(s) predicted into %s", len(outputs), args.out)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from lesionseg.tune import tune_run
+
+    tune_run(args.model, _run_config(args), args.data)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lesionseg.report import evaluate_folder
+
+    cfg = _config(args)
+    if args.overlays:
+        from dataclasses import replace
+
+        cfg = replace(cfg, evaluate=replace(cfg.evaluate, overlays=True))
+    out = evaluate_folder(args.pred, args.truth, args.out, cfg)
+    log.info("reports written to %s", out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lesionseg.report import compare_reports, to_markdown
+
+    table = compare_reports(args.reports, args.out)
+    print(to_markdown(table))
+    log.info("comparison table: %s", args.out)
+    return 0
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from lesionseg.synthetic import write_samples
+
+    written = write_samples(args.out)
+    log.info("%d sample case(s) in %s", len(written), args.out)
+    return 0
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "patches": cmd_patches,
+    "train": cmd_train,
+    "infer": cmd_infer,
+    "tune": cmd_tune,
+    "evaluate": cmd_evaluate,
+    "compare": cmd_compare,
+    "samples": cmd_samples,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except LesionsegError as exc:
+        print(f"ERROR {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ERROR interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback for users unless asked
+        if args.debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"ERROR unexpected {type(exc).__name__}: {first} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

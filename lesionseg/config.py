@@ -1,0 +1,478 @@
+"""Run configuration: one frozen dataclass per stage, loaded from TOML/YAML/JSON.
+
+A configuration file has one table per stage (``[data]``, ``[patches]``,
+``[augment]``, ``[model]``, ``[loss]``, ``[train]``, ``[infer]``,
+``[evaluate]``); every key is optional and defaults to the values below.
+Any value can be overridden from the command line with
+``--set section.key=value`` (the value is parsed as YAML, so ``0.5``,
+``[flair, t1]``, ``true`` and ``null`` all work).
+
+The resolved configuration is written next to every output (``config.yaml``)
+so that a run can be reproduced and inference normalises exactly as training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lesionseg.errors import LesionsegError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which files make a case and how intensities are normalised.
+
+    Attributes
+    ----------
+    channels : tuple of str
+        Input channel file stems, in model channel order (``flair`` reads
+        ``<case>/flair.nii.gz`` or ``<case>/flair.nii``).
+    mask : str
+        File stem of the expert lesion mask.
+    mask_values : {"binary", "positive"}
+        ``binary``: a mask whose values are not all in {0, 1} is an error.
+        ``positive``: any value > 0 is lesion (opt-in, for label maps).
+    normalization : {"zscore", "minmax", "none"}
+        Per-channel intensity normalisation, computed inside the non-zero
+        (brain) region of each channel.
+    clip_percentiles : tuple of float
+        Percentiles (of the non-zero region) the intensities are clipped to
+        before normalising.
+    group_pattern : str or None
+        Regular expression whose first group (or whole match) taken from the
+        case id is the patient key; cases of one patient stay on one side of
+        a train/validation split.  ``None``: every case is its own group.
+    affine_tolerance : float
+        Largest absolute difference allowed between the affines of a case's
+        files (mm); larger means image and mask are not on one grid.
+    """
+
+    channels: tuple[str, ...] = ("flair", "t1")
+    mask: str = "lesion_mask"
+    mask_values: str = "binary"
+    normalization: str = "zscore"
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    group_pattern: str | None = None
+    affine_tolerance: float = 1e-3
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Lesion-aware patch sampling (stage 1).
+
+    Attributes
+    ----------
+    size : tuple of int
+        Patch size in voxels per axis.
+    lesion_fraction, foreground_fraction, random_fraction : float
+        Shares of patches centred on a lesion, inside the non-zero (brain)
+        region, or anywhere.  Normalised to sum to one.
+    alpha : float
+        Lesion choice weight ∝ volume**alpha: 0 = uniform over lesions,
+        1 = proportional to lesion voxels (the peers' behaviour).
+    jitter : float
+        Random offset of the patch centre from the chosen lesion voxel, as a
+        fraction of half the patch size (0 = always centred).
+    connectivity : {6, 18, 26}
+        Connectivity that defines lesions (connected components).
+    n_patches : int
+        Number of patches written by ``lesionseg patches``.
+    seed : int
+        Seed of the sampler; same seed, same patches.
+    """
+
+    size: tuple[int, int, int] = (48, 48, 48)
+    lesion_fraction: float = 0.5
+    foreground_fraction: float = 0.4
+    random_fraction: float = 0.1
+    alpha: float = 0.0
+    jitter: float = 0.5
+    connectivity: int = 26
+    n_patches: int = 200
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation suited to MRI lesions.
+
+    Attributes
+    ----------
+    flip_axes : tuple of int
+        Spatial axes that may be flipped (each with probability 0.5).
+    intensity_scale : float
+        Per-channel multiplicative jitter, uniform in [1 - s, 1 + s].
+    intensity_shift : float
+        Per-channel additive jitter, uniform in [-s, s] (normalised units).
+    noise_std : float
+        Standard deviation of added Gaussian noise (0 = off).
+    rotate90 : bool
+        Random 90° rotations in the axial plane.
+    """
+
+    flip_axes: tuple[int, ...] = (0, 1, 2)
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    noise_std: float = 0.0
+    rotate90: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """3D U-Net architecture.
+
+    Attributes
+    ----------
+    depth : int
+        Number of down-sampling steps (2–5); patch size must be divisible by
+        2**depth.
+    base_filters : int
+        Filters of the first level.
+    growth : float
+        Filter multiplier per level (16/32/64 at depth 2 with 16 and 2).
+    head : {"sigmoid", "softmax"}
+        One lesion logit channel (sigmoid) or two class logits (softmax).
+    norm : {"batch", "instance", "group", "none"}
+        Normalisation after each convolution.
+    activation : {"relu", "leaky_relu"}
+        Activation of the convolution blocks (never of the head).
+    dropout : float
+        Dropout rate in the bottleneck and decoder (0 = off).
+    upsampling : {"transpose", "upsample"}
+        Decoder up-sampling: transposed convolution or nearest + conv.
+    """
+
+    depth: int = 2
+    base_filters: int = 16
+    growth: float = 2.0
+    head: str = "sigmoid"
+    norm: str = "batch"
+    activation: str = "relu"
+    dropout: float = 0.0
+    upsampling: str = "transpose"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss function by name, with its parameters.
+
+    Attributes
+    ----------
+    name : str
+        One of the names of :func:`lesionseg.losses.get_loss`.
+    params : dict
+        Keyword parameters of that loss (e.g. ``weight``, ``delta``,
+        ``gamma``), named as in Yeung et al. (2022).
+    """
+
+    name: str = "dice"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training stage.
+
+    Attributes
+    ----------
+    epochs : int
+        Maximum number of epochs.
+    steps_per_epoch : int
+        Batches per epoch (online sampling: every epoch draws new patches).
+    batch_size : int
+        Global batch size (split across replicas by the strategy).
+    learning_rate : float
+        Initial Adam learning rate.
+    schedule : {"plateau", "cosine", "constant"}
+        Learning-rate schedule.
+    plateau_patience, plateau_factor : int, float
+        Reduce-on-plateau settings (on validation lesion F1).
+    min_learning_rate : float
+        Floor of the schedule.
+    early_stopping_patience : int
+        Epochs without improvement of validation lesion F1 before stopping
+        (0 = never stop early).
+    val_fraction : float
+        Share of groups (patients) held out for validation.
+    val_cases : tuple of str
+        Explicit validation case ids (overrides ``val_fraction``).
+    validate_every : int
+        Whole-volume validation every N epochs.
+    seed : int
+        Global seed (weights, split, sampling).
+    strategy : {"default", "mirrored", "multi_worker"}
+        ``tf.distribute`` strategy (TensorFlow backend only).
+    threads : int
+        Intra-op threads (0 = let the backend decide).
+    diagnostics : bool
+        Watch for the classic failures (blank collapse, NaN, logits misuse).
+    """
+
+    epochs: int = 30
+    steps_per_epoch: int = 50
+    batch_size: int = 2
+    learning_rate: float = 1e-3
+    schedule: str = "plateau"
+    plateau_patience: int = 4
+    plateau_factor: float = 0.5
+    min_learning_rate: float = 1e-5
+    early_stopping_patience: int = 10
+    val_fraction: float = 0.25
+    val_cases: tuple[str, ...] = ()
+    validate_every: int = 1
+    seed: int = 0
+    strategy: str = "default"
+    threads: int = 2
+    diagnostics: bool = True
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Sliding-window inference, decision and post-processing.
+
+    Attributes
+    ----------
+    overlap : float
+        Window overlap in [0, 1).
+    blend : {"gaussian", "uniform"}
+        Weighting of overlapping windows (Gaussian σ = patch / 8).
+    batch_size : int
+        Windows predicted per batch.
+    tta_flips : tuple of int
+        Spatial axes whose flips are averaged (test-time augmentation;
+        all 2**n combinations).
+    threshold : float or None
+        Lesion-probability threshold; ``None`` uses the one stored with the
+        model (after tuning), else 0.5 (softmax: argmax).
+    min_lesion_mm3 : float or None
+        Predicted components smaller than this are removed; ``None`` uses the
+        tuned value stored with the model, else 0.
+    connectivity : {6, 18, 26}
+        Connectivity for the size filter.
+    workers : int
+        Cases predicted in parallel processes.
+    """
+
+    overlap: float = 0.5
+    blend: str = "gaussian"
+    batch_size: int = 8
+    tta_flips: tuple[int, ...] = ()
+    threshold: float | None = None
+    min_lesion_mm3: float | None = None
+    connectivity: int = 26
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Lesion-wise evaluation.
+
+    Attributes
+    ----------
+    criterion : {"any", "anima", "iou", "brats"}
+        Lesion matching rule (see docs/METRICS.md); ``any`` by default.
+    connectivity : {6, 18, 26}
+        Connectivity of lesions.
+    min_lesion_mm3 : float
+        Components smaller than this are dropped from truth and prediction
+        before matching.
+    anima_alpha, anima_beta, anima_gamma : float
+        The MSSEG detection parameters.
+    iou_threshold : float
+        Pair threshold of the ``iou`` criterion.
+    brats_dilation : int
+        Dilation iterations of the truth mask for the ``brats`` criterion.
+    overlays : bool
+        Also write PNG overlays (TP green, FN red, FP yellow).
+    """
+
+    criterion: str = "any"
+    connectivity: int = 26
+    min_lesion_mm3: float = 0.0
+    anima_alpha: float = 0.10
+    anima_beta: float = 0.70
+    anima_gamma: float = 0.65
+    iou_threshold: float = 0.5
+    brats_dilation: int = 1
+    overlays: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, one section per stage."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise LesionsegError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text) or {}
+        if path.suffix == ".json":
+            return json.loads(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise LesionsegError(f"{path}: not a valid config file ({first})") from None
+    raise LesionsegError(f"{path}: config must be .toml, .yaml or .json")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert a parsed value to the dataclass field's type (lists to tuples)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if value is None:
+        if hint is type(None) or (args and type(None) in args):
+            return None
+        raise LesionsegError(f"config {where}: null is not allowed")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, where) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise LesionsegError(f"config {where}: expected a table, got {value!r}")
+        return dict(value)
+    if args and type(None) in args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(value, inner, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise LesionsegError(f"config {where}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise LesionsegError(f"config {where}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LesionsegError(f"config {where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        return str(value)
+    return value
+
+
+def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise LesionsegError(
+            f"config [{section}]: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested dictionaries (unknown keys are errors)."""
+    hints = typing.get_type_hints(Config)
+    unknown = set(raw) - set(hints)
+    if unknown:
+        raise LesionsegError(
+            f"config: unknown section(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(hints)}"
+        )
+    sections = {}
+    for name, cls in hints.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise LesionsegError(f"config [{name}]: expected a table")
+        sections[name] = _build_section(cls, values, name)
+    return Config(**sections)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse ``section.key=value`` into its parts (value parsed as YAML)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise LesionsegError(f"--set {text!r}: expected section.key=value")
+    dotted, raw_value = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        value = raw_value
+    return section, key, value
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Nested plain dictionaries (tuples as lists) of a configuration."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {
+        name: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, name)).items()}
+        for name in typing.get_type_hints(Config)
+    }
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Load a configuration file and apply command-line overrides.
+
+    Parameters
+    ----------
+    path : str or Path or None
+        A ``.toml``, ``.yaml``/``.yml`` or ``.json`` file; ``None`` for defaults.
+    overrides : list of str
+        ``section.key=value`` strings applied after the file, in order.
+
+    Returns
+    -------
+    Config
+        The resolved, validated configuration.
+
+    Raises
+    ------
+    LesionsegError
+        On a missing or malformed file, an unknown key or a wrong type.
+    """
+    raw: dict[str, Any] = _read_file(Path(path)) if path is not None else {}
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if "." in key:  # e.g. loss.params.delta=0.6
+            key, sub = key.split(".", 1)
+            table = raw.setdefault(section, {}).setdefault(key, {})
+            table[sub] = value
+        else:
+            raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw)
+
+
+def save_config(config: Config, path: str | Path) -> Path:
+    """Write the resolved configuration as YAML (atomically) and return its path."""
+    from lesionseg.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    return path
