@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "samples",
         help="(re)generate the synthetic sample cases",
-        description="Write the deterministic synthetic cases bundled in data_samples/.",
+        description="Write the deterministic synthetic cases bundled in data_samples/: small "
+        "two-channel (flair, t1) brains with bias field and noise, lesions of very different sizes "
+        "(hyperintense on FLAIR, hypointense on T1), one lesion-free case and two LAS cases.",
     )
     p.add_argument("--out", type=Path, default=Path("data_samples"), help="output folder")
     return parser

@@ -1,0 +1,121 @@
+"""``lesionseg check`` on deliberately broken cases: one right line per problem, exit 1, no traceback."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from conftest import make_case, write_nifti
+from lesionseg.cli import main
+
+
+@pytest.fixture
+def broken(tmp_path):
+    root = tmp_path / "data"
+    make_case(root, "good")
+    make_case(root, "missing_channel").joinpath("t1.nii.gz").unlink()
+    make_case(root, "missing_mask").joinpath("lesion_mask.nii.gz").unlink()
+    corrupt = make_case(root, "corrupt")
+    corrupt.joinpath("flair.nii.gz").write_bytes(gzip.compress(b"this is not a nifti file at all" * 10))
+    truncated = make_case(root, "truncated")
+    data = truncated.joinpath("t1.nii.gz").read_bytes()
+    truncated.joinpath("t1.nii.gz").write_bytes(data[: len(data) // 2])
+    four_d = make_case(root, "four_d")
+    write_nifti(four_d / "t1.nii.gz", np.ones((20, 22, 18, 3), np.float32))
+    shapes = make_case(root, "shapes")
+    bad_shape = np.zeros((20, 22, 19), np.uint8)
+    bad_shape[3, 3, 3] = 1
+    write_nifti(shapes / "lesion_mask.nii.gz", bad_shape)
+    shifted = np.eye(4)
+    shifted[0, 3] = 2.0
+    aff = make_case(root, "affine")
+    mask = np.zeros((20, 22, 18), np.uint8)
+    mask[5, 5, 5] = 1
+    write_nifti(aff / "lesion_mask.nii.gz", mask, shifted)
+    nonbin = make_case(root, "nonbinary")
+    mask[6, 6, 6] = 2
+    write_nifti(nonbin / "lesion_mask.nii.gz", mask)
+    nan = make_case(root, "nan")
+    img = np.ones((20, 22, 18), np.float32)
+    img[1, 2, 3] = np.nan
+    write_nifti(nan / "flair.nii.gz", img)
+    empty = make_case(root, "empty_mask", lesions=())
+    const = make_case(root, "constant")
+    write_nifti(const / "t1.nii.gz", np.full((20, 22, 18), 7.0, np.float32))
+    make_case(root, "small", shape=(10, 10, 10), lesions=((5, 5, 5, 1),))
+    assert empty.is_dir()
+    return root
+
+
+EXPECTED = [
+    ("ERROR missing_channel/t1.nii.gz: missing channel",),
+    ("ERROR missing_mask/lesion_mask.nii.gz: missing mask",),
+    ("ERROR corrupt/flair.nii.gz: unreadable NIfTI",),
+    ("ERROR truncated/t1.nii.gz:", "corrupt or truncated"),
+    ("ERROR four_d/t1.nii.gz: not a 3D volume (shape (20, 22, 18, 3))",),
+    ("ERROR shapes/lesion_mask.nii.gz: shape (20, 22, 19) differs from shapes/flair.nii.gz",),
+    ("ERROR affine/lesion_mask.nii.gz: affine differs from affine/flair.nii.gz by up to 2 mm",),
+    ("ERROR nonbinary/lesion_mask.nii.gz: mask values are not in {0, 1} (found 0, 1, 2)",),
+    ("ERROR nan/flair.nii.gz: contains NaN/Inf (1 voxels)",),
+    ("WARNING empty_mask/lesion_mask.nii.gz: mask is empty (no lesion)",),
+    ("ERROR constant/t1.nii.gz: constant image (every voxel is 7)",),
+    ("WARNING small/flair.nii.gz: volume (10, 10, 10) is smaller than the patch (16, 16, 16)",),
+]
+
+
+def test_check_reports_every_problem(broken, capsys):
+    code = main(["check", str(broken), "--set", "patches.size=[16,16,16]"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in out + err
+    lines = [ln for ln in out.splitlines() if ln.startswith(("ERROR", "WARNING"))]
+    for parts in EXPECTED:
+        assert any(all(p in ln for p in parts) for ln in lines), f"no line with {parts}:\n{out}"
+    assert not any(ln.startswith(("ERROR good", "WARNING good")) for ln in lines)
+    assert len(lines) == len(EXPECTED)
+    table = out.splitlines()[0]
+    assert table.split()[:3] == ["case", "shape", "spacing_mm"]
+
+
+def test_check_clean_folder_exits_0(tmp_path, capsys):
+    make_case(tmp_path, "a")
+    make_case(tmp_path, "b", lesions=((5, 5, 5, 1), (14, 15, 12, 2)))
+    assert main(["check", str(tmp_path), "--set", "patches.size=[16,16,16]"]) == 0
+    out = capsys.readouterr().out
+    assert "ERROR" not in out and "b" in out
+
+
+def test_check_without_masks_and_channel_option(tmp_path, capsys):
+    case = make_case(tmp_path, "a", channels=("flair",))
+    case.joinpath("lesion_mask.nii.gz").unlink()
+    assert main(["check", str(tmp_path), "--no-mask", "--channels", "flair", "--set", "patches.size=[8,8,8]"]) == 0
+    assert main(["check", str(tmp_path), "--no-mask"]) == 1
+    assert "ERROR a/t1.nii.gz: missing channel" in capsys.readouterr().out
+
+
+def test_check_missing_folder_one_line(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "data folder not found" in err
+
+
+def test_check_samples_clean(samples_dir, capsys):
+    assert main(["check", str(samples_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING sample07/lesion_mask.nii.gz: mask is empty" in out
+
+
+@pytest.mark.shared
+def test_check_shared_ms_lesions(shared_ms, capsys):
+    assert main(["check", str(shared_ms), "--channels", "flair,t1"]) == 0
+    out = capsys.readouterr().out
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines()[1:] if ln and not ln.startswith(("ERROR", "WARN"))}
+    assert rows["lesjak_patient19"][4] == "98"  # lesions, 26-connectivity (data README)
+    assert rows["mslesseg_P18_T1"][4] == "3"
+    # t2 is absent for two exams: asking for it is an error naming them
+    assert main(["check", str(shared_ms), "--channels", "flair,t1,t2"]) == 1
+    out = capsys.readouterr().out
+    assert "ERROR mslesseg_P14_T1/t2.nii.gz: missing channel" in out
+    assert "ERROR mslesseg_P18_T1/t2.nii.gz: missing channel" in out

@@ -1,0 +1,99 @@
+"""NIfTI I/O: grids kept bit-for-bit, masks read strictly, errors in one line."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import make_case, write_nifti
+from lesionseg.errors import DataError
+from lesionseg.io import atomic_path, list_cases, read_case, read_mask, write_like
+
+RAS = np.array([[1.0, 0, 0, -10.5], [0, 1.0, 0, -12.25], [0, 0, 1.0, 7.125], [0, 0, 0, 1]])
+LAS = np.array([[-0.9, 0, 0, 10.5], [0, 1.1, 0, -12.25], [0, 0, 1.3, 7.125], [0, 0, 0, 1]])
+OBLIQUE = np.array(
+    [[0.99, -0.1411, 0.0, -90.1234567], [0.1411, 0.99, 0.0, 126.7654321], [0.0, 0.0, 1.2, -72.5], [0, 0, 0, 1]]
+)
+
+
+@pytest.mark.parametrize("affine", [RAS, LAS, OBLIQUE], ids=["RAS", "LAS", "oblique"])
+def test_round_trip_keeps_shape_affine_and_orientation(tmp_path, affine):
+    case = read_case(make_case(tmp_path, "c1", affine=affine), ["flair", "t1"], "lesion_mask")
+    assert case.image.shape == (20, 22, 18, 2) and case.image.dtype == np.float32
+    out = write_like(tmp_path / "out" / "c1_prob.nii.gz", case.image[..., 0], case.affine, case.header)
+    back = nib.load(str(out))
+    src = nib.load(str(tmp_path / "c1" / "flair.nii.gz"))
+    assert back.shape == src.shape
+    assert np.array_equal(back.affine, src.affine)  # bit-for-bit
+    assert nib.aff2axcodes(back.affine) == nib.aff2axcodes(affine)
+    assert np.array_equal(back.header.get_best_affine(), src.header.get_best_affine())
+    np.testing.assert_array_equal(np.asarray(back.dataobj), case.image[..., 0])
+
+
+def test_uint8_output_and_no_scaling(tmp_path):
+    case = read_case(make_case(tmp_path, "c1", affine=LAS), ["flair"], "lesion_mask")
+    out = write_like(tmp_path / "pred.nii.gz", case.mask, case.affine, case.header, dtype=np.uint8)
+    img = nib.load(str(out))
+    assert img.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(img.dataobj), case.mask)
+
+
+def test_channels_last_order_follows_request(tmp_path):
+    folder = make_case(tmp_path, "c1")
+    a = read_case(folder, ["flair", "t1"])
+    b = read_case(folder, ["t1", "flair"])
+    np.testing.assert_array_equal(a.image[..., 0], b.image[..., 1])
+    assert a.mask is None
+
+
+def test_mask_float32_01_is_accepted_as_uint8(tmp_path):
+    write_nifti(tmp_path / "c" / "m.nii.gz", np.array([[[0.0, 1.0], [1.0, 0.0]]] * 2, np.float32))
+    mask, _ = read_mask(tmp_path / "c" / "m.nii.gz")
+    assert mask.dtype == np.uint8 and mask.sum() == 4
+
+
+def test_non_binary_mask_names_values(tmp_path):
+    write_nifti(tmp_path / "c" / "m.nii.gz", np.array([[[0, 1], [2, 7]]] * 2, np.int16))
+    with pytest.raises(DataError, match=r"c/m.nii.gz: mask values are not in \{0, 1\} \(found 0, 1, 2, 7\)"):
+        read_mask(tmp_path / "c" / "m.nii.gz")
+    mask, _ = read_mask(tmp_path / "c" / "m.nii.gz", mask_values="positive")
+    assert mask.tolist() == [[[0, 1], [1, 1]]] * 2
+
+
+def test_scaled_image_is_read_as_float32(tmp_path):
+    img = nib.Nifti1Image(np.arange(8, dtype=np.int16).reshape(2, 2, 2), np.eye(4))
+    img.header.set_slope_inter(0.5, 10.0)
+    (tmp_path / "c").mkdir()
+    nib.save(img, str(tmp_path / "c" / "flair.nii.gz"))
+    case = read_case(tmp_path / "c", ["flair"])
+    assert case.image.dtype == np.float32
+    assert case.image[..., 0].ravel().tolist() == [10 + 0.5 * v for v in range(8)]
+
+
+def test_errors_name_file_and_problem(tmp_path):
+    folder = make_case(tmp_path, "c1")
+    with pytest.raises(DataError, match=r"^c1/t2.nii.gz: missing channel$"):
+        read_case(folder, ["flair", "t2"])
+    write_nifti(folder / "t1.nii.gz", np.zeros((20, 22, 17), np.float32))
+    with pytest.raises(DataError, match=r"c1/t1.nii.gz: shape \(20, 22, 17\) differs from c1/flair.nii.gz"):
+        read_case(folder, ["flair", "t1"])
+
+
+def test_nii_and_niigz_both_found_and_case_listing(tmp_path):
+    write_nifti(tmp_path / "a" / "flair.nii", np.ones((3, 3, 3), np.float32))
+    write_nifti(tmp_path / "b" / "flair.nii.gz", np.ones((3, 3, 3), np.float32))
+    (tmp_path / "not_a_case").mkdir()
+    assert [p.name for p in list_cases(tmp_path)] == ["a", "b"]
+    assert list_cases(tmp_path / "a") == [tmp_path / "a"]  # a case folder is one case
+    with pytest.raises(DataError, match="data folder not found"):
+        list_cases(tmp_path / "missing")
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "x.nii.gz"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []

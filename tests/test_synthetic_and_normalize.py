@@ -1,0 +1,76 @@
+"""Sample-data generator (deterministic, realistic contrasts) and intensity normalisation."""
+
+from __future__ import annotations
+
+import cc3d
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lesionseg.cli import main
+from lesionseg.normalize import normalize_channel, normalize_image
+from lesionseg.synthetic import SAMPLE_CASES, generate_case, write_samples
+
+
+def test_generator_is_deterministic_and_lesions_span_sizes():
+    a = generate_case("x", 7, (48, 48, 48), 6)
+    b = generate_case("x", 7, (48, 48, 48), 6)
+    np.testing.assert_array_equal(a.flair, b.flair)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    labels, n = cc3d.connected_components(a.mask, connectivity=26, return_N=True)
+    assert n == 6
+    sizes = np.bincount(labels.ravel())[1:]
+    assert sizes.min() <= 20 and sizes.max() >= 200  # small and large lesions together
+    lesion = a.mask.astype(bool)
+    wm_like = (a.flair > 0) & ~lesion
+    assert a.flair[lesion].mean() > 1.4 * np.median(a.flair[wm_like])  # hyperintense on FLAIR
+    assert a.t1[lesion].mean() < np.median(a.t1[wm_like])  # hypointense on T1
+
+
+def test_lesion_free_case_and_orientation():
+    c = generate_case("x", 3, (40, 40, 40), 0, "LAS")
+    assert c.mask.sum() == 0
+    assert nib.aff2axcodes(c.affine) == ("L", "A", "S")
+
+
+def test_bundled_samples_match_generator(samples_dir, tmp_path):
+    assert sorted(p.name for p in samples_dir.iterdir() if p.is_dir()) == [c[0] for c in SAMPLE_CASES]
+    write_samples(tmp_path, SAMPLE_CASES[:2])
+    for case_id, *_ in SAMPLE_CASES[:2]:
+        for name in ("flair", "t1", "lesion_mask"):
+            new = nib.load(str(tmp_path / case_id / f"{name}.nii.gz"))
+            old = nib.load(str(samples_dir / case_id / f"{name}.nii.gz"))
+            np.testing.assert_array_equal(np.asarray(new.dataobj), np.asarray(old.dataobj))
+            assert np.array_equal(new.affine, old.affine)
+
+
+def test_samples_command(tmp_path):
+    assert main(["samples", "--out", str(tmp_path / "s")]) == 0
+    assert len(list((tmp_path / "s").glob("*/lesion_mask.nii.gz"))) == len(SAMPLE_CASES)
+
+
+def test_zscore_inside_brain_background_zero():
+    rng = np.random.default_rng(0)
+    x = np.zeros((20, 20, 20), np.float32)
+    x[4:16, 4:16, 4:16] = rng.normal(500, 50, (12, 12, 12))
+    y = normalize_channel(x, "zscore", (0.0, 100.0))
+    inside = y[4:16, 4:16, 4:16]
+    assert abs(inside.mean()) < 1e-4 and abs(inside.std() - 1) < 1e-3
+    assert (y[x == 0] == 0).all()
+
+
+def test_percentile_clipping_and_minmax():
+    x = np.ones((10, 10, 10), np.float32)
+    x[:5] = 2.0
+    x[0, 0, 0] = 1e6  # outlier
+    y = normalize_channel(x, "minmax", (1.0, 99.0))
+    assert y.max() == pytest.approx(1.0) and y.min() == pytest.approx(0.0)
+    assert np.isfinite(normalize_channel(np.full((4, 4, 4), 3.0, np.float32), "zscore")).all()
+
+
+def test_normalize_image_per_channel():
+    rng = np.random.default_rng(1)
+    img = np.stack([rng.normal(10, 2, (8, 8, 8)), rng.normal(1000, 300, (8, 8, 8))], -1).astype(np.float32)
+    out = normalize_image(img, "zscore", (0, 100))
+    assert out.shape == img.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out.reshape(-1, 2).std(0), [1, 1], rtol=1e-3)
