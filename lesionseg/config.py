@@ -259,6 +259,10 @@ class InferConfig:
         Connectivity for the size filter.
     workers : int
         Cases predicted in parallel processes.
+    tune_thresholds : tuple of float
+        Thresholds tried by ``lesionseg tune``.
+    tune_min_sizes_mm3 : tuple of float
+        Minimum lesion sizes (mm³) tried by ``lesionseg tune``.
     """
 
     overlap: float = 0.5
@@ -269,6 +273,8 @@ class InferConfig:
     min_lesion_mm3: float | None = None
     connectivity: int = 26
     workers: int = 1
+    tune_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    tune_min_sizes_mm3: tuple[float, ...] = (0.0, 3.0, 5.0, 10.0, 20.0, 50.0)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,310 @@
+"""The ``tune`` stage: pick the threshold and minimum lesion size for lesion-wise F1.
+
+Lesion-wise F1 depends strongly on two post-processing choices that the
+training loss never sees: the probability threshold and the minimum size of
+a predicted lesion (tiny false positives cost as much as big ones).  The
+cases are predicted once; every (threshold, minimum size) pair of a grid is
+then scored with :func:`lesionseg.lesions.evaluate_case` (the run's
+``[evaluate]`` criterion) and the pair with the highest *pooled* lesion F1
+(counts summed over cases) wins; ties go to the higher mean Dice, then the
+smaller minimum size, then the threshold closest to 0.5.  The winner is
+stored as ``RUN/tuning.json`` and used by ``lesionseg infer`` unless the
+config sets ``infer.threshold`` / ``infer.min_lesion_mm3``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lesionseg import io
+from lesionseg.config import Config, EvaluateConfig
+from lesionseg.errors import LesionsegError
+from lesionseg.inference import component_sizes, decide
+from lesionseg.lesions import evaluate_case, harmonic_f1, ratio
+from lesionseg.predict import (
+    TUNING_FILE,
+    check_model,
+    load_run_model,
+    predict_probability,
+    read_normalised,
+)
+
+log = logging.getLogger(__name__)
+
+TABLE_FILE = "tuning.csv"
+TABLE_COLUMNS = (
+    "threshold",
+    "min_lesion_mm3",
+    "GT",
+    "TP",
+    "FN",
+    "FP",
+    "n_pred",
+    "TP_pred",
+    "lesion_precision",
+    "lesion_recall",
+    "lesion_f1",
+    "dice_mean",
+)
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """The chosen decision settings and the whole grid.
+
+    Attributes
+    ----------
+    threshold : float
+        Lesion-probability threshold (lesion where probability > threshold).
+    min_lesion_mm3 : float
+        Predicted components smaller than this are removed.
+    lesion_f1 : float
+        Pooled lesion-wise F1 at that pair (NaN when undefined everywhere).
+    table : pandas.DataFrame
+        One row per (threshold, min size) pair: pooled counts, precision,
+        recall, F1 and mean Dice (columns ``TABLE_COLUMNS``).
+    dice : float
+        Mean voxel Dice over cases at that pair (cases with both masks
+        empty excluded).
+    """
+
+    threshold: float
+    min_lesion_mm3: float
+    lesion_f1: float
+    table: pd.DataFrame = field(repr=False, compare=False)
+    dice: float = math.nan
+
+
+def candidate_box(
+    prob: np.ndarray, truth: np.ndarray, min_threshold: float, margin: int = 3
+) -> tuple[slice, slice, slice]:
+    """Bounding box (plus ``margin``) of every voxel that can matter when tuning.
+
+    Voxels outside it are background in the truth and below every threshold
+    tried, so cropping to it changes no component, count or Dice.
+    """
+    fg = (np.asarray(prob) > min_threshold) | (np.asarray(truth) != 0)
+    if not fg.any():
+        return (slice(0, 1), slice(0, 1), slice(0, 1))
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(fg.any(axis=other))
+        box.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, fg.shape[axis])))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def _crop_margin(eval_cfg: EvaluateConfig) -> int:
+    return 2 + max(int(getattr(eval_cfg, "brats_dilation", 0)), 0)
+
+
+def _check_grid(thresholds: Sequence[float], min_sizes_mm3: Sequence[float]) -> tuple[list[float], list[float]]:
+    ts = sorted({float(t) for t in thresholds})
+    ms = sorted({float(m) for m in min_sizes_mm3})
+    if not ts or not ms:
+        raise LesionsegError("infer.tune_thresholds and infer.tune_min_sizes_mm3 must not be empty")
+    if ts[0] < 0 or ts[-1] > 1:
+        raise LesionsegError(f"infer.tune_thresholds must lie in [0, 1], got {ts}")
+    if ms[0] < 0:
+        raise LesionsegError(f"infer.tune_min_sizes_mm3 must be ≥ 0, got {ms}")
+    return ts, ms
+
+
+def tune_threshold_and_size(
+    probs: list[np.ndarray],
+    truths: list[np.ndarray],
+    zooms: list,
+    thresholds: Sequence[float],
+    min_sizes_mm3: Sequence[float],
+    eval_cfg: EvaluateConfig | None = None,
+    *,
+    connectivity: int = 26,
+) -> TuningResult:
+    """Grid-search the (threshold, minimum lesion size) maximising pooled lesion F1.
+
+    Parameters
+    ----------
+    probs : list of numpy.ndarray
+        Per case, (D, H, W) float lesion probability.
+    truths : list of numpy.ndarray
+        Per case, (D, H, W) binary truth mask on the same grid.
+    zooms : list of tuple of float
+        Per case, voxel size in mm.
+    thresholds : sequence of float
+        Thresholds to try, in [0, 1] (lesion where probability > threshold).
+    min_sizes_mm3 : sequence of float
+        Minimum predicted lesion volumes to try, in mm³ (≥ 0).
+    eval_cfg : EvaluateConfig or None
+        Matching criterion and its settings (default: ``any``, 26-conn.).
+    connectivity : {6, 18, 26}
+        Connectivity of the size filter (as ``infer.connectivity``).
+
+    Returns
+    -------
+    TuningResult
+        The best pair: highest pooled F1 (``Σ TP_pred / Σ n_pred`` and
+        ``Σ TP / Σ GT``), then higher mean Dice, then smaller minimum size,
+        then the threshold closest to 0.5.
+
+    Raises
+    ------
+    LesionsegError
+        Empty grid or values out of range.
+    ValueError
+        Lists of different lengths, no case, or arrays of different shapes.
+    """
+    if not (len(probs) == len(truths) == len(zooms)) or not probs:
+        raise ValueError(
+            f"need one prob, truth and zooms per case, got {len(probs)}, {len(truths)}, {len(zooms)}"
+        )
+    ts, ms = _check_grid(thresholds, min_sizes_mm3)
+    eval_cfg = eval_cfg or EvaluateConfig()
+    n_pairs = len(ts) * len(ms)
+    counts = np.zeros((n_pairs, 6), dtype=np.int64)  # GT, TP, FN, FP, n_pred, TP_pred
+    dices: list[list[float]] = [[] for _ in range(n_pairs)]
+    margin = _crop_margin(eval_cfg)
+    for prob, truth, zoom in zip(probs, truths, zooms):
+        prob, truth = np.asarray(prob), np.asarray(truth)
+        if prob.shape != truth.shape or prob.ndim != 3:
+            raise ValueError(f"prob {prob.shape} and truth {truth.shape} must be one 3D grid")
+        box = candidate_box(prob, truth, ts[0], margin)
+        prob, truth = prob[box], (truth[box] != 0).astype(np.uint8)
+        voxel_mm3 = float(np.prod([float(z) for z in zoom]))
+        zoom3 = tuple(float(z) for z in zoom[:3])
+        for a, t in enumerate(ts):
+            labels, sizes = component_sizes(decide(prob, t), connectivity)
+            volumes = sizes.astype(np.float64) * voxel_mm3
+            last_kept, last_eval = -1, None
+            for b, m in enumerate(ms):
+                keep = volumes >= m * (1 - 1e-9)
+                keep[0] = False
+                n_kept = int(keep.sum())
+                if n_kept != last_kept:  # a larger minimum that removes nothing new: same masks
+                    last_eval = evaluate_case(truth, keep[labels].astype(np.uint8), zoom3, eval_cfg)
+                    last_kept = n_kept
+                ev = last_eval
+                assert ev is not None
+                k = a * len(ms) + b
+                counts[k] += (ev.GT, ev.TP, ev.FN, ev.FP, ev.n_pred, ev.TP_pred)
+                if not math.isnan(ev.dice):
+                    dices[k].append(ev.dice)
+    rows = []
+    for a, t in enumerate(ts):
+        for b, m in enumerate(ms):
+            k = a * len(ms) + b
+            gt, tp, fn, fp, n_pred, tp_pred = (int(v) for v in counts[k])
+            precision, recall = ratio(tp_pred, n_pred), ratio(tp, gt)
+            rows.append(
+                (t, m, gt, tp, fn, fp, n_pred, tp_pred, precision, recall, harmonic_f1(precision, recall),
+                 float(np.mean(dices[k])) if dices[k] else math.nan)
+            )
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+    def key(row: tuple) -> tuple[float, float, float, float]:
+        f1, dice = row[10], row[11]
+        return (
+            -1.0 if math.isnan(f1) else f1,
+            -1.0 if math.isnan(dice) else dice,
+            -row[1],
+            -abs(row[0] - 0.5),
+        )
+
+    best = max(rows, key=key)
+    return TuningResult(
+        threshold=best[0], min_lesion_mm3=best[1], lesion_f1=best[10], table=table, dice=best[11]
+    )
+
+
+def _json_number(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def write_tuning(run_dir: Path, result: TuningResult, cases: Sequence[str]) -> Path:
+    """Write ``RUN/tuning.json`` and ``RUN/tuning.csv`` atomically; return the JSON path."""
+    run_dir = Path(run_dir)
+    with io.atomic_path(run_dir / TABLE_FILE) as tmp:
+        result.table.to_csv(tmp, index=False, float_format="%.6g")
+    payload = {
+        "threshold": float(result.threshold),
+        "min_lesion_mm3": float(result.min_lesion_mm3),
+        "lesion_f1": _json_number(result.lesion_f1),
+        "dice": _json_number(result.dice),
+        "cases": list(cases),
+    }
+    path = run_dir / TUNING_FILE
+    with io.atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
+    """The ``lesionseg tune`` stage: predict labelled cases once, tune, store with the model.
+
+    Parameters
+    ----------
+    run_dir : Path
+        Run folder with ``model.keras``; receives ``tuning.json``
+        (``{threshold, min_lesion_mm3, lesion_f1, dice, cases}``) and
+        ``tuning.csv`` (the whole grid).
+    config : Config
+        The run's configuration: ``[data]`` (channels, mask, normalisation),
+        ``patches.size``, ``model.head``, ``[infer]`` (windows and the grid
+        ``tune_thresholds`` × ``tune_min_sizes_mm3``) and ``[evaluate]``
+        (the matching criterion).
+    data_dir : Path
+        Labelled cases (validation cases, not the training ones).
+
+    Returns
+    -------
+    TuningResult
+    """
+    from lesionseg.predict import check_channels
+    from lesionseg.runtime import configure_backend
+
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    case_dirs = io.list_cases(data_dir)
+    check_channels(case_dirs, config.data.channels, run_dir)
+    ts, ms = _check_grid(config.infer.tune_thresholds, config.infer.tune_min_sizes_mm3)
+    configure_backend(0)
+    model = load_run_model(run_dir)
+    check_model(model, config, run_dir)
+    margin = _crop_margin(config.evaluate)
+    probs, truths, zooms, ids = [], [], [], []
+    for n, case_dir in enumerate(case_dirs, 1):
+        t0 = time.perf_counter()
+        case, image = read_normalised(case_dir, config, mask=True)
+        prob = predict_probability(model, image, config.infer, config.patches.size, config.model.head)
+        box = candidate_box(prob, case.mask, ts[0], margin)  # keep only what tuning can see
+        probs.append(np.ascontiguousarray(prob[box]))
+        truths.append(np.ascontiguousarray(case.mask[box]))  # type: ignore[index]
+        zooms.append(case.grid.zooms)
+        ids.append(case.case_id)
+        log.info("case %d/%d %s predicted in %.1f s", n, len(case_dirs), case.case_id, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    result = tune_threshold_and_size(
+        probs, truths, zooms, ts, ms, config.evaluate, connectivity=config.infer.connectivity
+    )
+    path = write_tuning(run_dir, result, ids)
+    default = result.table[(result.table.threshold == 0.5) & (result.table.min_lesion_mm3 == 0.0)]
+    log.info(
+        "tuned on %d case(s) in %.1f s: threshold %.3g, min lesion %.3g mm³ -> pooled lesion F1 %.3f, "
+        "mean Dice %.3f%s; written to %s",
+        len(ids),
+        time.perf_counter() - t0,
+        result.threshold,
+        result.min_lesion_mm3,
+        result.lesion_f1,
+        result.dice,
+        f" (0.5 / 0 mm³ gives F1 {default.lesion_f1.iloc[0]:.3f})" if len(default) else "",
+        path,
+    )
+    return result

@@ -1,0 +1,178 @@
+"""Threshold / minimum-size tuning on hand-made probability maps, and `lesionseg tune` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cc3d
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import make_case
+
+from lesionseg.cli import main
+from lesionseg.config import Config, DataConfig, EvaluateConfig, InferConfig, ModelConfig, PatchConfig, save_config
+from lesionseg.errors import LesionsegError
+from lesionseg.tune import TABLE_COLUMNS, candidate_box, tune_threshold_and_size
+
+
+def ball(shape, centre, r):
+    g = np.indices(shape)
+    return (sum((g[a] - centre[a]) ** 2 for a in range(3)) <= r * r).astype(np.uint8)
+
+
+def scene(seed: int = 0):
+    """Truth: 3 balls.  Prob: 0.7 on them, 0.9 on isolated single voxels, 0.35 on a big false blob."""
+    shape = (40, 40, 40)
+    truth = ball(shape, (8, 8, 8), 3) | ball(shape, (30, 10, 12), 2) | ball(shape, (12, 30, 28), 3)
+    prob = np.where(truth > 0, 0.7, 0.05).astype(np.float32)
+    prob[ball(shape, (30, 30, 30), 5) > 0] = 0.35
+    rng = np.random.default_rng(seed)
+    singles = []
+    while len(singles) < 4:
+        v = tuple(int(x) for x in rng.integers(1, 39, 3))
+        nb = tuple(slice(c - 1, c + 2) for c in v)
+        if prob[nb].max() <= 0.05:  # isolated
+            prob[v] = 0.9
+            singles.append(v)
+    return prob, truth, singles
+
+
+def any_counts(truth, pred):
+    """Independent 'any' counts with cc3d: (GT, TP, n_pred, TP_pred)."""
+    lt = cc3d.connected_components(truth.astype(np.uint8), connectivity=26)
+    lp = cc3d.connected_components(pred.astype(np.uint8), connectivity=26)
+    gt, n_pred = int(lt.max()), int(lp.max())
+    tp = len(set(np.unique(lt[(lt > 0) & (pred > 0)]).tolist()))
+    tp_pred = len(set(np.unique(lp[(lp > 0) & (truth > 0)]).tolist()))
+    return gt, tp, n_pred, tp_pred
+
+
+def test_the_pair_that_removes_both_kinds_of_false_positive_wins():
+    prob, truth, _ = scene()
+    res = tune_threshold_and_size([prob], [truth], [(1.0, 1.0, 1.0)], [0.3, 0.5, 0.8], [0.0, 2.0, 3.0, 500.0])
+    assert (res.threshold, res.min_lesion_mm3) == (0.5, 2.0)  # 3.0 ties: the smaller size wins
+    assert res.lesion_f1 == 1.0 and res.dice == 1.0
+    assert list(res.table.columns) == list(TABLE_COLUMNS) and len(res.table) == 12
+
+
+def test_table_counts_are_pooled_over_cases():
+    cases = [scene(0), scene(1)]
+    probs = [c[0] for c in cases]
+    truths = [c[1] for c in cases]
+    zooms = [(1.0, 1.0, 1.0), (1.0, 1.0, 1.0)]
+    res = tune_threshold_and_size(probs, truths, zooms, [0.3, 0.5], [0.0, 2.0])
+    for t in (0.3, 0.5):
+        row = res.table[(res.table.threshold == t) & (res.table.min_lesion_mm3 == 0.0)].iloc[0]
+        counts = np.sum([any_counts(tr, (p > t)) for p, tr in zip(probs, truths)], axis=0)
+        gt, tp, n_pred, tp_pred = (int(c) for c in counts)
+        assert (row.GT, row.TP, row.n_pred, row.TP_pred) == (gt, tp, n_pred, tp_pred)
+        precision, recall = tp_pred / n_pred, tp / gt
+        assert math.isclose(row.lesion_f1, 2 * precision * recall / (precision + recall))
+    # by hand: at 0.3 each case has 3 truth lesions, the big blob and 4 singles
+    row = res.table[(res.table.threshold == 0.3) & (res.table.min_lesion_mm3 == 0.0)].iloc[0]
+    assert (row.GT, row.TP, row.FP, row.n_pred) == (6, 6, 10, 16)
+
+
+def test_higher_dice_breaks_an_f1_tie():
+    shape = (24, 24, 24)
+    truth = ball(shape, (12, 12, 12), 5)
+    prob = np.where(truth > 0, 0.45, 0.0).astype(np.float32)
+    prob[ball(shape, (12, 12, 12), 3) > 0] = 0.9  # core sure, rim unsure: both thresholds detect it
+    res = tune_threshold_and_size([prob], [truth], [(1.0, 1.0, 1.0)], [0.4, 0.5], [0.0])
+    assert res.table.lesion_f1.tolist() == [1.0, 1.0]
+    assert res.threshold == 0.4 and res.dice == 1.0  # not 0.5, although closer to the default
+
+
+def test_size_is_in_mm3_with_anisotropic_voxels():
+    prob, truth, _ = scene()
+    # each single voxel is 3 mm³ here: a 2 mm³ minimum keeps them, 3.5 removes them
+    res = tune_threshold_and_size([prob], [truth], [(1.0, 1.0, 3.0)], [0.5], [2.0, 3.5])
+    f1 = dict(zip(res.table.min_lesion_mm3, res.table.lesion_f1))
+    assert f1[2.0] < 1.0 and f1[3.5] == 1.0
+    assert res.min_lesion_mm3 == 3.5
+
+
+def test_criterion_comes_from_the_evaluate_config():
+    prob, truth, _ = scene()
+    anima = EvaluateConfig(criterion="anima", min_lesion_mm3=0.0)
+    res = tune_threshold_and_size([prob], [truth], [(1.0, 1.0, 1.0)], [0.5], [0.0], anima)
+    assert len(res.table) == 1 and res.table.GT.iloc[0] == 3
+
+
+def test_bad_inputs():
+    prob, truth, _ = scene()
+    with pytest.raises(ValueError):
+        tune_threshold_and_size([prob], [], [(1, 1, 1)], [0.5], [0.0])
+    with pytest.raises(LesionsegError, match="tune_thresholds"):
+        tune_threshold_and_size([prob], [truth], [(1, 1, 1)], [1.5], [0.0])
+    with pytest.raises(LesionsegError, match="tune_min_sizes"):
+        tune_threshold_and_size([prob], [truth], [(1, 1, 1)], [0.5], [])
+
+
+def test_candidate_box_holds_everything_that_matters():
+    prob, truth, singles = scene()
+    box = candidate_box(prob, truth, 0.3, margin=2)
+    inside = np.zeros(prob.shape, bool)
+    inside[box] = True
+    assert ((prob > 0.3) | (truth > 0))[~inside].sum() == 0
+    assert candidate_box(np.zeros((5, 5, 5)), np.zeros((5, 5, 5)), 0.5) == (slice(0, 1),) * 3
+
+
+# ---------------------------------------------------------------- lesionseg tune
+
+
+@pytest.fixture
+def tiny_run(tmp_path) -> tuple[Path, Path]:
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((None, None, None, 2))
+    out = keras.layers.Conv3D(1, 1, name="logits")(inp)
+    model = keras.Model(inp, out)
+    model.get_layer("logits").set_weights([np.array([2.0, -1.0], np.float32).reshape(1, 1, 1, 2, 1), np.array([-1.0], np.float32)])
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    cfg = Config(
+        data=DataConfig(channels=("flair", "t1")),
+        patches=PatchConfig(size=(8, 8, 8)),
+        model=ModelConfig(depth=2, base_filters=4),
+        infer=InferConfig(tune_thresholds=(0.3, 0.5, 0.7, 0.9), tune_min_sizes_mm3=(0.0, 4.0, 20.0)),
+    )
+    save_config(cfg, run / "config.yaml")
+    data = tmp_path / "data"
+    make_case(data, "c1", shape=(20, 18, 16), lesions=((6, 6, 6, 2), (14, 12, 10, 3)), seed=3)
+    make_case(data, "c2", shape=(16, 16, 16), lesions=((8, 8, 8, 3),), seed=4)
+    return run, data
+
+
+def test_tune_cli_stores_the_pair_and_infer_uses_it(tiny_run, tmp_path):
+    run, data = tiny_run
+    assert main(["-q", "tune", "--model", str(run), "--data", str(data)]) == 0
+    stored = json.loads((run / "tuning.json").read_text())
+    assert set(stored) == {"threshold", "min_lesion_mm3", "lesion_f1", "dice", "cases"}
+    assert stored["cases"] == ["c1", "c2"]
+    assert stored["threshold"] in (0.3, 0.5, 0.7, 0.9) and stored["min_lesion_mm3"] in (0.0, 4.0, 20.0)
+    table = (run / "tuning.csv").read_text().splitlines()
+    assert len(table) == 1 + 12
+    best_f1 = max(float(line.split(",")[10]) for line in table[1:] if line.split(",")[10])
+    assert math.isclose(stored["lesion_f1"], best_f1, rel_tol=1e-5)
+
+    pred_dir = tmp_path / "pred"
+    assert main(["-q", "infer", "--model", str(run), "--input", str(data), "--out", str(pred_dir)]) == 0
+    prob = np.asanyarray(nib.load(str(pred_dir / "c2_prob.nii.gz")).dataobj)
+    pred = np.asanyarray(nib.load(str(pred_dir / "c2_pred.nii.gz")).dataobj)
+    expected = (prob > stored["threshold"]).astype(np.uint8)
+    if stored["min_lesion_mm3"] > 0:
+        labels = cc3d.connected_components(expected, connectivity=26)
+        sizes = np.bincount(labels.ravel())
+        expected = ((sizes >= stored["min_lesion_mm3"]) & (np.arange(len(sizes)) > 0))[labels].astype(np.uint8)
+    np.testing.assert_array_equal(pred, expected)
+
+
+def test_tune_needs_masks(tiny_run):
+    run, data = tiny_run
+    (data / "c2" / "lesion_mask.nii.gz").unlink()
+    assert main(["-q", "tune", "--model", str(run), "--data", str(data)]) == 1
+    assert not (run / "tuning.json").exists()
