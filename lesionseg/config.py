@@ -73,14 +73,22 @@ class PatchConfig:
     size : tuple of int
         Patch size in voxels per axis.
     lesion_fraction, foreground_fraction, random_fraction : float
-        Shares of patches centred on a lesion, inside the non-zero (brain)
-        region, or anywhere.  Normalised to sum to one.
+        Shares of patches holding a lesion, centred inside the non-zero
+        (brain) region, or anywhere.  Normalised to sum to one.  Each patch
+        first picks a case uniformly; lesion patches of a case without
+        lesions become foreground patches.
     alpha : float
-        Lesion choice weight ∝ volume**alpha: 0 = uniform over lesions,
-        1 = proportional to lesion voxels (the peers' behaviour).
+        Lesion choice weight (within the case) ∝ volume**alpha: 0 = uniform
+        over lesions, 1 = proportional to lesion voxels (the peers' behaviour).
     jitter : float
         Random offset of the patch centre from the chosen lesion voxel, as a
-        fraction of half the patch size (0 = always centred).
+        fraction of half the patch size (0 = always centred; <= 0.5 keeps the
+        voxel in the patch's central half).
+    balance : bool
+        Correct the lesion weights for what patches aimed at neighbouring
+        lesions already show, so that each lesion is seen in a patch's
+        central half at a rate ∝ volume**alpha (lesions crowded around a large
+        confluent lesion are not over-shown).  False: chosen at that rate.
     connectivity : {6, 18, 26}
         Connectivity that defines lesions (connected components).
     n_patches : int
@@ -95,6 +103,7 @@ class PatchConfig:
     random_fraction: float = 0.1
     alpha: float = 0.0
     jitter: float = 0.5
+    balance: bool = True
     connectivity: int = 26
     n_patches: int = 200
     seed: int = 0
@@ -287,9 +296,13 @@ class EvaluateConfig:
         Lesion matching rule (see docs/METRICS.md); ``any`` by default.
     connectivity : {6, 18, 26}
         Connectivity of lesions.
-    min_lesion_mm3 : float
-        Components smaller than this are dropped from truth and prediction
-        before matching.
+    min_lesion_mm3 : float or None
+        Components smaller than this (mm³) are dropped from truth and
+        prediction before matching (``anima``: the tool's rule, components
+        of at most this volume are dropped, i.e. minimum voxels =
+        floor(v / voxel volume) + 1).  ``None`` (default) uses the
+        criterion's published default: 3 mm³ for ``anima``, 0 (keep all)
+        for ``any``, ``iou`` and ``brats``.
     anima_alpha, anima_beta, anima_gamma : float
         The MSSEG detection parameters.
     iou_threshold : float
@@ -302,7 +315,7 @@ class EvaluateConfig:
 
     criterion: str = "any"
     connectivity: int = 26
-    min_lesion_mm3: float = 0.0
+    min_lesion_mm3: float | None = None
     anima_alpha: float = 0.10
     anima_beta: float = 0.70
     anima_gamma: float = 0.65
