@@ -273,3 +273,23 @@ def test_parallel_workers_give_the_same_outputs(run_dir, data_dir, tmp_path):
             b = nib.load(str(two / f"{case}_{kind}.nii.gz"))
             assert np.array_equal(a.affine, b.affine)
             np.testing.assert_allclose(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj), rtol=1e-6, atol=1e-6)
+
+
+def test_infer_with_a_real_unet_model_file(data_dir, tmp_path):
+    """build_unet's saved model loads through model.load_model and predicts on the input grid."""
+    from lesionseg.model import build_unet
+
+    cfg = run_config()
+    model = build_unet(ModelConfig(depth=2, base_filters=2), 2, cfg.patches.size)
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    save_config(replace(cfg, model=ModelConfig(depth=2, base_filters=2)), run / "config.yaml")
+    pred_dir = tmp_path / "pred"
+    assert main(["-q", "infer", "--model", str(run), "--input", str(data_dir), "--out", str(pred_dir)]) == 0
+    for case in ("caseA", "caseB"):
+        ref = nib.load(str(data_dir / case / "flair.nii.gz"))
+        prob = nib.load(str(pred_dir / f"{case}_prob.nii.gz"))
+        assert prob.shape == ref.shape and np.array_equal(prob.affine, ref.affine)
+        p = np.asanyarray(prob.dataobj)
+        assert np.isfinite(p).all() and p.min() >= 0 and p.max() <= 1
