@@ -13,7 +13,9 @@ probabilities.  Probabilities are averaged before any decision (threshold or
 argmax), never the decisions.
 
 Memory stays bounded: one batch of windows at a time is predicted and added
-into a float32 accumulator of the volume's shape plus one weight-sum volume.
+into a float32 accumulator of the volume's shape.  Weights and the window
+grid are separable, so the summed weight of a voxel is a product of three
+1D sums and no weight-sum volume is ever stored.
 """
 
 from __future__ import annotations
@@ -82,18 +84,31 @@ def _check_overlap(overlap: float) -> None:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
 
 
-@functools.lru_cache(maxsize=16)
-def _gaussian_weights_cached(patch: tuple[int, ...]) -> np.ndarray:
-    axes = []
-    for p in patch:
-        sigma = p / 8.0
+@functools.lru_cache(maxsize=32)
+def _profile(p: int, blend: str) -> np.ndarray:
+    """1D weight profile of a window side: ones, or a Gaussian of σ = p / 8 with maximum 1."""
+    if blend == "uniform":
+        prof = np.ones(p, dtype=np.float64)
+    elif blend == "gaussian":
         x = np.arange(p, dtype=np.float64) - (p - 1) / 2.0
-        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
-    w = functools.reduce(np.multiply.outer, axes)
-    w /= w.max()
-    # never zero: an all-zero weight would make a voxel's average undefined
-    tiny = np.finfo(np.float32).tiny * 1e6
-    w = np.maximum(w, tiny).astype(np.float32)
+        prof = np.exp(-0.5 * (x / (p / 8.0)) ** 2)
+        prof /= prof.max()
+        # never zero (≥ e^-8 ≈ 3e-4 anyway for σ = p / 8): every voxel keeps a defined average
+        prof = np.maximum(prof, 1e-12)
+    else:
+        raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    prof.flags.writeable = False
+    return prof
+
+
+def weight_profiles(patch: Sequence[int], blend: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three 1D profiles (float64) whose outer product is the window weight map."""
+    return tuple(_profile(int(p), blend) for p in patch)  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=16)
+def _weights_cached(patch: tuple[int, ...], blend: str) -> np.ndarray:
+    w = functools.reduce(np.multiply.outer, weight_profiles(patch, blend)).astype(np.float32)
     w.flags.writeable = False
     return w
 
@@ -102,8 +117,8 @@ def gaussian_weights(patch: Sequence[int]) -> np.ndarray:
     """The Gaussian blending weight map of a window.
 
     A product of 1D Gaussians centred on the window (centre ``(p - 1) / 2``,
-    σ = p / 8 per axis), scaled to a maximum of 1 and floored at a small
-    positive value, so no voxel ever has zero weight.  Computed once per
+    σ = p / 8 per axis), each scaled to a maximum of 1, so the map peaks
+    at 1 and is never zero (≥ e^-24 in the far corners).  Computed once per
     patch shape and cached (the returned array is read-only).
 
     Parameters
@@ -116,23 +131,32 @@ def gaussian_weights(patch: Sequence[int]) -> np.ndarray:
     numpy.ndarray
         (d, h, w) float32, in (0, 1], symmetric under flips of every axis.
     """
-    return _gaussian_weights_cached(tuple(int(p) for p in patch))
+    return blend_weights(patch, "gaussian")
 
 
 def blend_weights(patch: Sequence[int], blend: str) -> np.ndarray:
-    """Weight map of a window for ``blend`` (``"uniform"``: ones, ``"gaussian"``)."""
-    if blend == "gaussian":
-        return gaussian_weights(patch)
-    if blend == "uniform":
-        return _uniform_weights(tuple(int(p) for p in patch))
-    raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    """Weight map (d, h, w) float32 of a window for ``blend`` ("uniform": ones; "gaussian"), cached."""
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    return _weights_cached(tuple(int(p) for p in patch), blend)
 
 
-@functools.lru_cache(maxsize=16)
-def _uniform_weights(patch: tuple[int, ...]) -> np.ndarray:
-    w = np.ones(patch, dtype=np.float32)
-    w.flags.writeable = False
-    return w
+def _weight_sums(
+    shape: Sequence[int], patch: Sequence[int], starts: Sequence[Sequence[int]], blend: str
+) -> list[np.ndarray]:
+    """Per axis, the sum of the 1D profiles of every window (float64).
+
+    The weight map and the window grid are both separable, so the summed
+    weight of voxel (i, j, k) is ``S0[i] * S1[j] * S2[k]``: no weight-sum
+    volume is needed.
+    """
+    sums = []
+    for size, p, axis_starts, prof in zip(shape, patch, starts, weight_profiles(patch, blend)):
+        s = np.zeros(int(size), dtype=np.float64)
+        for a in axis_starts:
+            s[a : a + int(p)] += prof
+        sums.append(s)
+    return sums
 
 
 def window_corners(
@@ -162,6 +186,7 @@ def predict_volume(
     predict_fn : callable
         Maps a batch of windows (B, d, h, w, C) float32 to probabilities
         (B, d, h, w, K); B ≤ ``batch_size`` (the last batch may be smaller).
+        The batch is a reused buffer: copy it if you keep it.
     patch_size : sequence of int
         Window size (d, h, w) in voxels.  Axes of the image shorter than the
         window are zero-padded at the far end and cropped back.
@@ -200,32 +225,39 @@ def predict_volume(
     shape = image.shape[:3]
     padded = _pad_to(image.astype(np.float32, copy=False), patch)
     pshape = padded.shape[:3]
-    corners = window_corners(pshape, patch, overlap)
+    starts = [window_starts(int(s), p, overlap) for s, p in zip(pshape, patch)]
+    corners = list(itertools.product(*starts))
     total = len(corners)
 
     acc: np.ndarray | None = None  # (D', H', W', K), allocated once K is known
-    wsum = np.zeros(pshape, dtype=np.float32)
     batch = np.empty((min(batch_size, total), *patch, image.shape[3]), dtype=np.float32)
     d, h, w = patch
     for first in range(0, total, batch_size):
         chunk = corners[first : first + batch_size]
         for b, (i, j, k) in enumerate(chunk):
             batch[b] = padded[i : i + d, j : j + h, k : k + w]
-        out = np.asarray(predict_fn(batch[: len(chunk)]))
+        out = np.asarray(predict_fn(batch[: len(chunk)]), dtype=np.float32)
         if out.ndim != 5 or out.shape[:4] != (len(chunk), *patch):
             raise ValueError(
                 f"predict_fn returned shape {out.shape}, expected ({len(chunk)}, {d}, {h}, {w}, K)"
             )
         if acc is None:
             acc = np.zeros((*pshape, out.shape[4]), dtype=np.float32)
+            weighted = np.empty(out.shape[1:], dtype=np.float32)
+            w4 = weights[..., None]
         for b, (i, j, k) in enumerate(chunk):
-            acc[i : i + d, j : j + h, k : k + w] += out[b] * weights[..., None]
-            wsum[i : i + d, j : j + h, k : k + w] += weights
+            np.multiply(out[b], w4, out=weighted)
+            view = acc[i : i + d, j : j + h, k : k + w]
+            np.add(view, weighted, out=view)
         if progress is not None:
             progress(first + len(chunk), total)
     assert acc is not None
-    acc /= wsum[..., None]
-    return acc[: shape[0], : shape[1], : shape[2]]
+    s0, s1, s2 = _weight_sums(pshape, patch, starts, blend)
+    s12 = np.multiply.outer(s1[: shape[1]], s2[: shape[2]])
+    acc = acc[: shape[0], : shape[1], : shape[2]]
+    for i in range(shape[0]):  # divide slab by slab: no weight-sum volume
+        acc[i] /= (s0[i] * s12).astype(np.float32)[..., None]
+    return acc
 
 
 def _pad_to(image: np.ndarray, patch: Sequence[int]) -> np.ndarray:
