@@ -293,3 +293,21 @@ def test_infer_with_a_real_unet_model_file(data_dir, tmp_path):
         assert prob.shape == ref.shape and np.array_equal(prob.affine, ref.affine)
         p = np.asanyarray(prob.dataobj)
         assert np.isfinite(p).all() and p.min() >= 0 and p.max() <= 1
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_infer_one_real_exam_keeps_its_grid(shared_ms, run_dir, tmp_path):
+    """A real 182×218×182 MNI exam as a single case folder: outputs on its exact grid."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes((run_dir / "model.keras").read_bytes())
+    save_config(replace(run_config(), patches=PatchConfig(size=(48, 48, 48))), run / "config.yaml")
+    case = shared_ms / "mslesseg_P18_T1"
+    pred_dir = tmp_path / "pred"
+    assert main(["-q", "infer", "--model", str(run), "--input", str(case), "--out", str(pred_dir)]) == 0
+    ref = nib.load(str(case / "flair.nii.gz"))
+    for kind, dtype in (("prob", np.float32), ("pred", np.uint8)):
+        img = nib.load(str(pred_dir / f"{case.name}_{kind}.nii.gz"))
+        assert img.shape == ref.shape == (182, 218, 182)
+        assert np.array_equal(img.affine, ref.affine) and img.get_data_dtype() == dtype
