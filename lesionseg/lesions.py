@@ -701,8 +701,11 @@ def lesion_status_map(
     pred: np.ndarray,
     zooms: tuple[float, float, float],
     cfg: EvaluateConfig | None = None,
+    case_id: str = "",
 ) -> tuple[np.ndarray, CaseEvaluation]:
     """Per-voxel lesion status for overlays, with the case's evaluation.
+
+    Same arguments as :func:`evaluate_case`.
 
     Returns
     -------
@@ -713,8 +716,9 @@ def lesion_status_map(
         predictions (painted in that order), 0 elsewhere (including lesions
         removed by the size filter).
     evaluation : CaseEvaluation
+        What :func:`evaluate_case` returns for these arguments.
     """
-    ev = _evaluate(truth, pred, zooms, cfg or EvaluateConfig(), "")
+    ev = _evaluate(truth, pred, zooms, cfg or EvaluateConfig(), case_id)
     status = np.zeros(np.shape(truth), np.uint8)
     crop = status[ev.box]
     lut_p = np.zeros(ev.pred.n + 1, np.uint8)
