@@ -307,4 +307,15 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
         f" (0.5 / 0 mm³ gives F1 {default.lesion_f1.iloc[0]:.3f})" if len(default) else "",
         path,
     )
+    best_dice = result.table.dice_mean.max()
+    if not math.isnan(result.dice) and best_dice > 0 and result.dice < 0.5 * best_dice:
+        log.warning(
+            "the chosen pair has mean Dice %.3f where %.3f is reachable: under evaluate.criterion=%s "
+            "one large merged prediction can be credited with every lesion it touches; check "
+            "%s or tune with --set evaluate.criterion=iou",
+            result.dice,
+            best_dice,
+            config.evaluate.criterion,
+            run_dir / TABLE_FILE,
+        )
     return result
