@@ -32,7 +32,13 @@ from lesionseg import io
 from lesionseg.config import Config, InferConfig
 from lesionseg.errors import DataError, LesionsegError
 from lesionseg.heads import head_channels, lesion_probability_numpy
-from lesionseg.inference import decide, predict_volume_tta, remove_small_components
+from lesionseg.inference import (
+    BLENDS,
+    CONNECTIVITIES,
+    decide,
+    predict_volume_tta,
+    remove_small_components,
+)
 from lesionseg.normalize import normalize_image
 
 log = logging.getLogger(__name__)
@@ -86,6 +92,26 @@ def read_tuning(run_dir: str | Path) -> StoredTuning | None:
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise LesionsegError(f"{path}: not a valid tuning file ({exc}); rerun lesionseg tune") from None
+
+
+def check_infer_config(cfg: InferConfig) -> None:
+    """Raise a one-line :class:`LesionsegError` for an invalid ``[infer]`` section."""
+    if not 0.0 <= cfg.overlap < 1.0:
+        raise LesionsegError(f"config infer.overlap: must be in [0, 1), got {cfg.overlap}")
+    if cfg.blend not in BLENDS:
+        raise LesionsegError(f"config infer.blend: must be one of {', '.join(BLENDS)}, got {cfg.blend!r}")
+    if cfg.batch_size < 1:
+        raise LesionsegError(f"config infer.batch_size: must be ≥ 1, got {cfg.batch_size}")
+    if any(a not in (0, 1, 2) for a in cfg.tta_flips):
+        raise LesionsegError(f"config infer.tta_flips: spatial axes 0, 1, 2 only, got {list(cfg.tta_flips)}")
+    if cfg.threshold is not None and not 0.0 <= cfg.threshold <= 1.0:
+        raise LesionsegError(f"config infer.threshold: must be in [0, 1], got {cfg.threshold}")
+    if cfg.min_lesion_mm3 is not None and cfg.min_lesion_mm3 < 0:
+        raise LesionsegError(f"config infer.min_lesion_mm3: must be ≥ 0, got {cfg.min_lesion_mm3}")
+    if cfg.connectivity not in CONNECTIVITIES:
+        raise LesionsegError(f"config infer.connectivity: must be 6, 18 or 26, got {cfg.connectivity}")
+    if cfg.workers < 1:
+        raise LesionsegError(f"config infer.workers: must be ≥ 1, got {cfg.workers}")
 
 
 def resolve_decision(infer_cfg: InferConfig, tuned: DecisionSettings | None = None) -> tuple[float, float]:
@@ -377,6 +403,7 @@ def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path
         files.
     """
     run_dir, input_path, out_dir = Path(run_dir), Path(input_path), Path(out_dir)
+    check_infer_config(config.infer)
     if not (run_dir / MODEL_FILE).is_file():
         raise LesionsegError(f"{run_dir / MODEL_FILE}: missing; is {run_dir} a trained lesionseg run?")
     case_dirs = io.list_cases(input_path)

@@ -267,10 +267,11 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
     -------
     TuningResult
     """
-    from lesionseg.predict import check_channels
+    from lesionseg.predict import check_channels, check_infer_config
     from lesionseg.runtime import configure_backend
 
     run_dir, data_dir = Path(run_dir), Path(data_dir)
+    check_infer_config(config.infer)
     case_dirs = io.list_cases(data_dir)
     check_channels(case_dirs, config.data.channels, run_dir)
     ts, ms = _check_grid(config.infer.tune_thresholds, config.infer.tune_min_sizes_mm3)

@@ -311,3 +311,22 @@ def test_infer_one_real_exam_keeps_its_grid(shared_ms, run_dir, tmp_path):
         img = nib.load(str(pred_dir / f"{case.name}_{kind}.nii.gz"))
         assert img.shape == ref.shape == (182, 218, 182)
         assert np.array_equal(img.affine, ref.affine) and img.get_data_dtype() == dtype
+
+
+@pytest.mark.parametrize(
+    "setting,match",
+    [
+        ("infer.overlap=1.0", "infer.overlap"),
+        ("infer.blend=cosine", "infer.blend"),
+        ("infer.tta_flips=[3]", "infer.tta_flips"),
+        ("infer.connectivity=8", "infer.connectivity"),
+        ("infer.threshold=1.5", "infer.threshold"),
+    ],
+)
+def test_bad_infer_settings_are_one_line_errors(run_dir, data_dir, tmp_path, capsys, setting, match):
+    pred_dir = tmp_path / "pred"
+    code = main(["-q", "infer", "--model", str(run_dir), "--input", str(data_dir), "--out", str(pred_dir), "--set", setting])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ERROR config " + match)
+    assert not pred_dir.exists()
