@@ -1,0 +1,120 @@
+"""Training-time augmentation of patches, suited to MRI lesions.
+
+Spatial changes (flips, axial 90° rotations) are applied to image and mask
+alike; intensity changes (per-channel scaling and shift, Gaussian noise) to
+the image only, and only inside the non-zero region, so the background stays
+exactly 0 as in the normalised volumes inference sees.  Everything is plain
+numpy on one patch, driven by an explicit :class:`numpy.random.Generator`;
+the same generator state gives the same result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lesionseg.config import AugmentConfig
+from lesionseg.errors import LesionsegError
+
+
+def check_augment_config(cfg: AugmentConfig) -> None:
+    """Raise :class:`LesionsegError` for an unusable ``[augment]`` section."""
+    bad = [a for a in cfg.flip_axes if a not in (0, 1, 2)]
+    if bad:
+        raise LesionsegError(f"config augment.flip_axes must hold spatial axes 0, 1, 2, got {list(cfg.flip_axes)}")
+    for name in ("intensity_scale", "intensity_shift", "noise_std"):
+        value = getattr(cfg, name)
+        if not np.isfinite(value) or value < 0:
+            raise LesionsegError(f"config augment.{name} must be >= 0, got {value}")
+    if cfg.intensity_scale >= 1:
+        raise LesionsegError(f"config augment.intensity_scale must be < 1, got {cfg.intensity_scale}")
+
+
+def random_flip(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flip each of ``axes`` with probability 0.5 (image (d, h, w, C), mask (d, h, w))."""
+    flips = tuple(a for a in axes if rng.random() < 0.5)
+    if not flips:
+        return image, mask
+    return np.flip(image, flips), np.flip(mask, flips)
+
+
+def random_rot90(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate by k·90° in the plane of axes 0 and 1 (the axial plane of RAS/LAS volumes).
+
+    A patch that is not square in that plane is only rotated by 0° or 180°,
+    so its shape never changes.
+    """
+    k = int(rng.integers(4))
+    if image.shape[0] != image.shape[1]:
+        k = 2 * (k % 2)
+    if k == 0:
+        return image, mask
+    return np.rot90(image, k, axes=(0, 1)), np.rot90(mask, k, axes=(0, 1))
+
+
+def intensity_jitter(
+    rng: np.random.Generator, image: np.ndarray, scale: float = 0.1, shift: float = 0.1, noise_std: float = 0.0
+) -> np.ndarray:
+    """Per-channel ``x * a + b`` (+ noise) inside the non-zero region.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Random source.
+    image : numpy.ndarray
+        (d, h, w, C) float32 normalised patch.
+    scale : float
+        ``a`` uniform in [1 - scale, 1 + scale] per channel.
+    shift : float
+        ``b`` uniform in [-shift, shift] per channel (normalised units).
+    noise_std : float
+        Standard deviation of added Gaussian noise (0 = none).
+
+    Returns
+    -------
+    numpy.ndarray
+        (d, h, w, C) float32, a new array; voxels that are 0 in every
+        channel stay 0.
+    """
+    channels = image.shape[-1]
+    a = rng.uniform(1 - scale, 1 + scale, channels).astype(np.float32)
+    b = rng.uniform(-shift, shift, channels).astype(np.float32)
+    inside = np.any(image != 0, axis=-1, keepdims=True)
+    out = image * a
+    if shift > 0 or noise_std > 0:
+        extra = np.broadcast_to(b, image.shape).copy() if shift > 0 else np.zeros(image.shape, np.float32)
+        if noise_std > 0:
+            extra += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(noise_std)
+        out += extra * inside
+    return out.astype(np.float32, copy=False)
+
+
+def augment_patch(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, cfg: AugmentConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the configured augmentation to one patch.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Random source (one per patch, see :func:`lesionseg.sampling.patch_rng`).
+    image : numpy.ndarray
+        (d, h, w, C) float32 normalised patch.
+    mask : numpy.ndarray
+        (d, h, w) lesion mask.
+    cfg : AugmentConfig
+        Flips, rotation, intensity and noise settings.
+
+    Returns
+    -------
+    image, mask : numpy.ndarray
+        New C-contiguous arrays of the same shapes and dtypes.
+    """
+    if cfg.flip_axes:
+        image, mask = random_flip(rng, image, mask, tuple(cfg.flip_axes))
+    if cfg.rotate90:
+        image, mask = random_rot90(rng, image, mask)
+    if cfg.intensity_scale > 0 or cfg.intensity_shift > 0 or cfg.noise_std > 0:
+        image = intensity_jitter(rng, image, cfg.intensity_scale, cfg.intensity_shift, cfg.noise_std)
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
