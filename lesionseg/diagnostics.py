@@ -16,6 +16,9 @@ hides for hours:
     The outputs look like probabilities (all in [0, 1]) or are non-negative
     (a ReLU) where the losses and heads expect raw logits: a sigmoid/ReLU
     before a logits loss.
+``everything``
+    The opposite collapse: lesion predicted nearly everywhere (a learning
+    rate far too high often ends here rather than in NaN).
 ``diverging`` / ``oscillating``
     The epoch loss rises or swings: the learning rate is probably too high.
 
@@ -43,8 +46,10 @@ from lesionseg.heads import head_channels, lesion_probability
 
 log = logging.getLogger(__name__)
 
-#: diagnostic metric names (as they appear in the ``model.fit`` logs)
-DIAG_METRICS = ("logit_min", "logit_max", "true_fg", "pred_fg", "p_lesion", "p_background")
+#: diagnostic metric names (as they appear in the ``model.fit`` logs); the predicted
+#: foreground fraction comes from :class:`lesionseg.metrics.ForegroundFraction` (``fg_fraction``)
+DIAG_METRICS = ("logit_min", "logit_max", "true_fg", "p_lesion", "p_background")
+PRED_FG_METRIC = "fg_fraction"
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,8 @@ class Finding:
     Attributes
     ----------
     code : str
-        ``flat_loss``, ``collapse``, ``nan``, ``logits``, ``diverging`` or
-        ``oscillating``.
+        ``flat_loss``, ``collapse``, ``everything``, ``nan``, ``logits``,
+        ``diverging`` or ``oscillating``.
     epoch : int
         1-based epoch in which it was found (0: before training).
     message : str
@@ -161,6 +166,10 @@ class TrainingMonitor:
         ``collapse``: a network whose mean lesion probability inside lesions
         exceeds the one outside by this much is still learning (a transient
         blank phase is normal with BCE) and is not reported.
+    flood_ratio : float
+        ``everything``: predicted foreground above half the voxels and this
+        many times the true lesion fraction, not shrinking, counts as
+        "lesion everywhere".
     """
 
     head: str = "sigmoid"
@@ -170,6 +179,7 @@ class TrainingMonitor:
     flat_tolerance: float = 0.02
     collapse_ratio: float = 0.05
     separation: float = 0.1
+    flood_ratio: float = 10.0
     history: list[EpochStats] = field(default_factory=list)
     fired: dict[str, int] = field(default_factory=dict)
 
@@ -223,9 +233,9 @@ class TrainingMonitor:
         findings = self.check_loss_value(stats.loss, e)
         if findings:
             return findings
-        findings += self.check_outputs(stats.logit_min, stats.logit_max, e)
         findings += self._flat_loss(e)
         findings += self._collapse(e)
+        findings += self._everything(e)
         findings += self._diverging(e)
         findings += self._oscillating(e)
         return findings
@@ -280,6 +290,28 @@ class TrainingMonitor:
             f"{self.patience} epochs. Likely causes: learning rate too high (try train.learning_rate ten "
             "times smaller), a loss dominated by background (use dice, combo or asymmetric_unified_focal), "
             "too few lesion patches (raise patches.lesion_fraction), or a crippled head.",
+        )
+
+    def _everything(self, epoch: int) -> list[Finding]:
+        recent = self._recent(self.patience)
+        if not recent:
+            return []
+        for h in recent:
+            if not (np.isfinite(h.true_fg) and np.isfinite(h.pred_fg)):
+                return []
+            if h.pred_fg < max(0.5, self.flood_ratio * h.true_fg):
+                return []
+        if recent[-1].pred_fg < 0.9 * recent[0].pred_fg:
+            return []  # shrinking: the usual first epochs of a region loss
+        last = recent[-1]
+        return self._emit(
+            "everything",
+            epoch,
+            f"the model predicts lesion nearly everywhere (predicted foreground {last.pred_fg:.3f} vs "
+            f"{last.true_fg:.4f} lesion voxels in the training batches) for {self.patience} epochs. Likely causes: "
+            "learning rate too high (try train.learning_rate ten times smaller), or a loss that rewards recall "
+            "only (e.g. a Tversky delta near 1). Lesion F1 under the 'any' criterion is meaningless here: one "
+            "component covering the volume 'detects' every lesion.",
         )
 
     def _diverging(self, epoch: int) -> list[Finding]:
@@ -360,6 +392,7 @@ def reference_losses(
 # -- Keras metrics that feed the monitor ----------------------------------------
 
 
+@keras.saving.register_keras_serializable(package="lesionseg")
 class OutputExtreme(keras.metrics.Metric):
     """Smallest (``kind="min"``) or largest raw model output seen (logits range)."""
 
@@ -423,6 +456,7 @@ class _RatioMetric(keras.metrics.Metric):
         return {**super().get_config(), "head": self.head}
 
 
+@keras.saving.register_keras_serializable(package="lesionseg")
 class TrueForeground(_RatioMetric):
     """Fraction of lesion voxels in the training batches."""
 
@@ -433,17 +467,8 @@ class TrueForeground(_RatioMetric):
         return ops.sum(y_true), ops.cast(ops.size(y_true), "float32")
 
 
-class PredictedForeground(_RatioMetric):
-    """Fraction of voxels predicted lesion (probability > 0.5)."""
-
-    def __init__(self, head: str = "sigmoid", name: str = "pred_fg", **kwargs: Any) -> None:
-        super().__init__(head=head, name=name, **kwargs)
-
-    def _parts(self, y_true: Any, prob: Any) -> tuple[Any, Any]:
-        return ops.sum(ops.cast(prob > 0.5, "float32")), ops.cast(ops.size(prob), "float32")
-
-
-class MeanProbability(_RatioMetric):
+@keras.saving.register_keras_serializable(package="lesionseg")
+class RegionProbability(_RatioMetric):
     """Mean predicted lesion probability inside (``inside=True``) or outside the truth."""
 
     def __init__(self, head: str = "sigmoid", inside: bool = True, name: str | None = None, **kwargs: Any) -> None:
@@ -459,14 +484,17 @@ class MeanProbability(_RatioMetric):
 
 
 def diagnostic_metrics(head: str) -> list[keras.metrics.Metric]:
-    """The metrics :class:`DiagnosticsCallback` reads, named as in :data:`DIAG_METRICS`."""
+    """The metrics :class:`DiagnosticsCallback` reads, named as in :data:`DIAG_METRICS`.
+
+    Compile them together with :func:`lesionseg.metrics.make_metrics`, which
+    provides the predicted foreground fraction (``fg_fraction``).
+    """
     return [
         OutputExtreme("min"),
         OutputExtreme("max"),
         TrueForeground(head),
-        PredictedForeground(head),
-        MeanProbability(head, inside=True),
-        MeanProbability(head, inside=False),
+        RegionProbability(head, inside=True),
+        RegionProbability(head, inside=False),
     ]
 
 
@@ -486,8 +514,11 @@ class DiagnosticsCallback(keras.callbacks.Callback):
       and the reference losses of trivial outputs;
     * after every batch: NaN/Inf loss stops training at once and restores
       the last good weights (taken at the start and after every epoch);
-    * after the first batch: the output range of the batch;
-    * after every epoch: the epoch rules (flat loss, collapse, divergence).
+    * after the first batch: the output range of that batch (computed with
+      the weights training started from; later, an all-positive output is a
+      trained "lesion everywhere", not a misplaced activation);
+    * after every epoch: the epoch rules (flat loss, collapse, lesion
+      everywhere, divergence, oscillation).
 
     Parameters
     ----------
@@ -573,7 +604,7 @@ class DiagnosticsCallback(keras.callbacks.Callback):
             epoch=epoch + 1,
             loss=_float(logs, "loss"),
             true_fg=_float(logs, "true_fg"),
-            pred_fg=_float(logs, "pred_fg"),
+            pred_fg=_float(logs, PRED_FG_METRIC),
             p_lesion=_float(logs, "p_lesion"),
             p_background=_float(logs, "p_background"),
             logit_min=_float(logs, "logit_min"),

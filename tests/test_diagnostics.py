@@ -25,6 +25,7 @@ from lesionseg.diagnostics import (  # noqa: E402
     reference_losses,
 )
 from lesionseg.losses import get_loss  # noqa: E402
+from lesionseg.metrics import make_metrics  # noqa: E402
 
 SHAPE = (8, 8, 8)
 
@@ -52,7 +53,7 @@ def _tiny_net(final: str | None = None, crippled: bool = False) -> keras.Model:
 
 def _fit(model, loss, lr, monitor, epochs, x, y, **cb_kw):
     keras.utils.set_random_seed(0)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=diagnostic_metrics("sigmoid"), jit_compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=make_metrics("sigmoid") + diagnostic_metrics("sigmoid"), jit_compile=False)
     cb = DiagnosticsCallback(monitor, probe=(x, y), loss_fn=loss, **cb_kw)
     model.fit(x, y, batch_size=2, epochs=epochs, verbose=0, callbacks=[cb], shuffle=False)
     return cb
@@ -98,6 +99,16 @@ def test_collapse_needs_lesions_in_batches_and_no_separation():
     mon = TrainingMonitor(patience=2)
     learning = dict(pred_fg=0.0, p_lesion=0.35, p_background=0.02)
     assert [mon.end_epoch(EpochStats(e, 0.5, true_fg=0.03, **learning)) for e in (1, 2)] == [[], []]
+
+
+def test_lesion_everywhere_fires_unless_shrinking():
+    mon = TrainingMonitor(patience=3)
+    found = [f for e in (1, 2, 3) for f in mon.end_epoch(EpochStats(e, 0.9, true_fg=0.01, pred_fg=0.97))]
+    assert [f.code for f in found] == ["everything"] and "learning rate" in found[0].message
+    # a region loss often starts by predicting half the patch, then shrinks: not a failure
+    mon = TrainingMonitor(patience=3)
+    shrinking = [EpochStats(e, 0.9, true_fg=0.01, pred_fg=p) for e, p in ((1, 0.9), (2, 0.7), (3, 0.55))]
+    assert [f for s in shrinking for f in mon.end_epoch(s)] == []
 
 
 def test_diverging_and_oscillating_loss_point_at_the_learning_rate():
@@ -152,7 +163,6 @@ def test_diagnostic_metrics_values():
         values[m.name] = float(m.result())
     assert values["logit_min"] == -3.0 and values["logit_max"] == 5.0
     assert values["true_fg"] == pytest.approx(y.mean())
-    assert values["pred_fg"] == pytest.approx(y.mean() + 1 / y.size)
     assert values["p_lesion"] == pytest.approx(1 / (1 + math.exp(-3)), rel=1e-5)
     assert values["p_background"] > 1 / (1 + math.exp(3))
 
@@ -200,7 +210,7 @@ def test_nan_loss_stops_and_keeps_last_good_weights(caplog):
 
     keras.utils.set_random_seed(0)
     loss = get_loss("bce", "sigmoid")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=diagnostic_metrics("sigmoid"), jit_compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=make_metrics("sigmoid") + diagnostic_metrics("sigmoid"), jit_compile=False)
     cb = DiagnosticsCallback(TrainingMonitor(), probe=tuple(poisoned), loss_fn=loss)
     with caplog.at_level(logging.WARNING, logger="lesionseg"):
         hist = model.fit(x, y, batch_size=2, epochs=5, verbose=0, callbacks=[Poison(), cb], shuffle=False)

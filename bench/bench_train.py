@@ -1,0 +1,137 @@
+"""Training throughput on CPU: the whole pipeline next to the raw model.
+
+Three figures, in patches per second, for the model, loss and patch size of
+one config (default: the README demo, pipelines/samples.toml on data_samples/):
+
+* ``sampler``: lesion-aware patch extraction + augmentation alone
+  (``PatchSequence[i]``), no network;
+* ``raw step``: ``model.train_on_batch`` on random batches already in memory
+  (the cost of the network itself);
+* ``pipeline``: ``model.fit`` on the ``PatchSequence`` with the training
+  metrics, the diagnostics callback and the progress bar, i.e. what
+  ``lesionseg train`` does between two validations.
+
+The pipeline's overhead is ``raw / pipeline - 1``.  Whole-volume validation
+is timed separately (once per epoch, not per patch).
+
+    .venv/bin/python bench/bench_train.py [--config C] [--data DATA] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "pipelines" / "samples.toml")
+    parser.add_argument("--data", type=Path, default=REPO / "data_samples")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args()
+
+    from lesionseg.config import load_config
+    from lesionseg.runtime import configure_backend
+
+    config = load_config(args.config, args.overrides)
+    backend = configure_backend(config.train.threads, config.train.seed)
+    logging.basicConfig(level=logging.WARNING)
+
+    import keras
+    import numpy as np
+
+    from lesionseg import io
+    from lesionseg.dataset import PatchSequence, load_cases
+    from lesionseg.diagnostics import DiagnosticsCallback, TrainingMonitor, diagnostic_metrics
+    from lesionseg.losses import get_loss
+    from lesionseg.metrics import make_metrics
+    from lesionseg.model import build_unet, count_parameters
+    from lesionseg.train import _jit, progress_callback, validate
+
+    cfg = config.train
+    head = config.model.head
+    size = tuple(config.patches.size)
+    n_ch = len(config.data.channels)
+    case_dirs = io.list_cases(args.data)
+    cases = load_cases(config, case_dirs)
+    steps = args.steps + args.warmup
+    seq = PatchSequence(cases, config.patches, config.augment, cfg.batch_size, steps, cfg.seed, augment=True)
+
+    def new_model(metrics: list) -> keras.Model:
+        keras.utils.set_random_seed(cfg.seed)
+        model = build_unet(config.model, n_ch, size)
+        model.compile(
+            optimizer=keras.optimizers.Adam(cfg.learning_rate),
+            loss=get_loss(config.loss.name, head, **dict(config.loss.params)),
+            metrics=metrics,
+            jit_compile=_jit(backend),
+        )
+        return model
+
+    # sampler alone
+    t0 = time.perf_counter()
+    for i in range(steps):
+        seq[i]
+    sampler = steps * cfg.batch_size / (time.perf_counter() - t0)
+
+    # raw train step on random batches
+    model = new_model([])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((cfg.batch_size, *size, n_ch)).astype(np.float32)
+    y = (rng.random((cfg.batch_size, *size, 1)) < 0.02).astype(np.float32)
+    for _ in range(args.warmup):
+        model.train_on_batch(x, y)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        model.train_on_batch(x, y)
+    raw = args.steps * cfg.batch_size / (time.perf_counter() - t0)
+
+    # the training pipeline: fit on the patch sequence with metrics, diagnostics and progress
+    model = new_model(make_metrics(head) + diagnostic_metrics(head))
+    loss_fn = get_loss(config.loss.name, head, **dict(config.loss.params))
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 == args.warmup:
+                self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds = time.perf_counter() - self.t0
+
+    timer = Timer()
+    diag = DiagnosticsCallback(TrainingMonitor(head=head), probe=seq[0], loss_fn=loss_fn)
+    callbacks = [progress_callback(1, steps), diag, timer]
+    seq.set_epoch(0)
+    model.fit(seq, epochs=1, verbose=0, callbacks=callbacks)
+    pipeline = args.steps * cfg.batch_size / timer.seconds
+
+    # whole-volume validation of two cases
+    val = validate(model, cases[:2], config)
+
+    print(f"backend {backend}, {os.cpu_count()} CPU(s), train.threads={cfg.threads}")
+    print(
+        f"model {model.name}: {count_parameters(model):,} parameters, loss {config.loss.name}, "
+        f"batch {cfg.batch_size} x {'x'.join(map(str, size))} x {n_ch} channels"
+    )
+    print(f"{'measurement':<44}{'patches/s':>10}")
+    print(f"{'sampler (extract + augment, no network)':<44}{sampler:>10.1f}")
+    print(f"{'raw train step (random batches in memory)':<44}{raw:>10.2f}")
+    print(f"{'training pipeline (fit on PatchSequence)':<44}{pipeline:>10.2f}")
+    print(f"pipeline overhead vs raw step: {100 * (raw / pipeline - 1):+.1f} %")
+    shape = cases[0].image.shape[:3]
+    print(f"whole-volume validation: {val.seconds / 2:.2f} s per {'x'.join(map(str, shape))} case")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

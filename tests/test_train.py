@@ -1,0 +1,204 @@
+"""The train stage end to end on the sample cases (smoke config: seconds), resume, failures."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lesionseg.cli import main
+from lesionseg.config import load_config
+from lesionseg.curves import HISTORY_COLUMNS, plot_curves, read_history, write_history
+from lesionseg.errors import LesionsegError
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "pipelines" / "smoke.toml"
+CASES = ("sample01", "sample02", "sample03", "sample07")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, ) -> Path:
+    """Four sample cases (sample07 has no lesion), to keep the runs short."""
+    src = REPO / "data_samples"
+    assert src.is_dir(), "data_samples/ is missing: run `lesionseg samples`"
+    dst = tmp_path_factory.mktemp("data")
+    for c in CASES:
+        shutil.copytree(src / c, dst / c)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def smoke_run(data, tmp_path_factory) -> Path:
+    """One uninterrupted smoke run through the command line (2 epochs)."""
+    run = tmp_path_factory.mktemp("runs") / "full"
+    assert main(["train", "--config", str(SMOKE), "--data", str(data), "--out", str(run)]) == 0
+    return run
+
+
+def test_train_cli_writes_the_run_folder(smoke_run):
+    for name in ("model.keras", "config.yaml", "history.csv", "curves.png", "train.log", "split.csv"):
+        assert (smoke_run / name).is_file(), name
+    for name in ("lesions.csv", "cases.csv", "summary.csv"):
+        assert (smoke_run / "validation" / name).is_file(), name
+    assert (smoke_run / "checkpoint" / "state.json").is_file()
+    # the resolved config reloads to the config that was trained
+    assert load_config(smoke_run / "config.yaml") == load_config(SMOKE)
+    # history: one row per epoch with the promised columns
+    with open(smoke_run / "history.csv") as fh:
+        header = next(csv.reader(fh))
+    assert tuple(header) == HISTORY_COLUMNS
+    rows = read_history(smoke_run / "history.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert math.isfinite(r["loss"]) and r["lr"] > 0
+        assert 0.0 <= r["val_pred_fg"] <= 1.0 and 0.0 <= r["train_true_fg"] <= 1.0
+        assert r["val_TP"] + r["val_FN"] > 0  # sample02 has lesions
+    assert sum(r["best"] for r in rows) >= 1
+    # validation reports of the best model, for sample02 only
+    with open(smoke_run / "validation" / "cases.csv") as fh:
+        assert [r["case"] for r in csv.DictReader(fh)] == ["sample02"]
+    with open(smoke_run / "split.csv") as fh:
+        sides = {r["case"]: r["side"] for r in csv.DictReader(fh)}
+    assert sides == {"sample01": "train", "sample02": "val", "sample03": "train", "sample07": "train"}
+    assert "epoch 2/2" in (smoke_run / "train.log").read_text()
+
+
+def test_saved_model_emits_logits_and_predicts_volumes(smoke_run):
+    from lesionseg.model import assert_emits_logits, load_model
+
+    model = load_model(smoke_run / "model.keras")
+    assert_emits_logits(model, "sigmoid")
+    out = np.asarray(model.predict_on_batch(np.zeros((1, 16, 16, 16, 2), np.float32)))
+    assert out.shape == (1, 16, 16, 16, 1)
+
+
+def test_interrupt_and_resume_gives_the_same_history(smoke_run, data, tmp_path, monkeypatch, caplog):
+    from lesionseg import train as train_mod
+
+    run = tmp_path / "interrupted"
+    original = train_mod._Run.end_epoch
+
+    def end_epoch_then_interrupt(self, model, epoch, logs, t0):
+        original(self, model, epoch, logs, t0)
+        if epoch == 1:
+            raise KeyboardInterrupt  # Ctrl-C right after epoch 1 was checkpointed
+
+    monkeypatch.setattr(train_mod._Run, "end_epoch", end_epoch_then_interrupt)
+    assert main(["train", "--config", str(SMOKE), "--data", str(data), "--out", str(run)]) == 130
+    assert [r["epoch"] for r in read_history(run / "history.csv")] == [1]
+    assert "--resume" in (run / "train.log").read_text()
+
+    monkeypatch.setattr(train_mod._Run, "end_epoch", original)
+    with caplog.at_level(logging.INFO, logger="lesionseg"):
+        assert main(["train", "--data", str(data), "--out", str(run), "--resume"]) == 0  # config from RUN
+    assert "resuming after epoch 1" in caplog.text
+
+    full, resumed = read_history(smoke_run / "history.csv"), read_history(run / "history.csv")
+    assert [r["epoch"] for r in resumed] == [1, 2]
+    for a, b in zip(full, resumed):
+        for key in ("loss", "lr", "train_dice", "train_true_fg", "val_dice", "val_lesion_f1", "val_TP", "val_FP"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6, nan_ok=True), key
+
+    # a finished run has nothing left to resume
+    assert main(["train", "--data", str(data), "--out", str(run), "--resume"]) == 0
+
+
+def test_resume_without_checkpoint_is_a_one_line_error(data, tmp_path, capsys):
+    assert main(["train", "--config", str(SMOKE), "--data", str(data), "--out", str(tmp_path / "none"), "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ERROR") and "nothing to resume" in err[0]
+
+
+def test_nan_loss_stops_with_the_last_good_model(data, tmp_path, caplog, monkeypatch):
+    import keras
+    from keras import ops
+
+    import lesionseg.losses
+    from lesionseg.model import load_model
+    from lesionseg.train import TrainingStopped, train
+
+    real_get_loss = lesionseg.losses.get_loss
+
+    def poisoned_get_loss(name, head, **params):
+        """The real loss, times NaN from the 6th call on (2 reference calls + 3 steps)."""
+        base, calls = real_get_loss(name, head, **params), keras.Variable(0.0, trainable=False)
+
+        def loss(y, z):
+            calls.assign_add(1.0)
+            return base(y, z) * ops.where(calls > 5, float("nan"), 1.0)
+
+        return loss
+
+    monkeypatch.setattr(lesionseg.losses, "get_loss", poisoned_get_loss)
+    cfg = load_config(SMOKE, ["train.epochs=4"])
+    with caplog.at_level(logging.WARNING, logger="lesionseg"):
+        with pytest.raises(TrainingStopped, match="NaN"):
+            train(cfg, data, tmp_path / "nan")
+    assert "DIAGNOSTIC nan" in caplog.text and "last good" in caplog.text
+    rows = read_history(tmp_path / "nan" / "history.csv")
+    assert [r["epoch"] for r in rows] == [1, 2] and "nan" in rows[-1]["diagnostics"]
+    # model.keras is epoch 1's model, finite; the checkpoint was not overwritten by NaN weights
+    assert all(np.all(np.isfinite(w)) for w in load_model(tmp_path / "nan" / "model.keras").get_weights())
+    assert '"epoch": 1' in (tmp_path / "nan" / "checkpoint" / "state.json").read_text()
+    with np.load(tmp_path / "nan" / "checkpoint" / "last.npz") as ckpt:
+        assert all(np.all(np.isfinite(ckpt[k])) for k in ckpt.files)
+
+
+def test_huge_learning_rate_does_not_go_unnoticed(data, tmp_path, caplog):
+    from lesionseg.train import TrainingStopped, train
+
+    cfg = load_config(SMOKE, ["train.learning_rate=10", "train.epochs=4"])
+    with caplog.at_level(logging.WARNING, logger="lesionseg"):
+        try:
+            train(cfg, data, tmp_path / "lr")
+        except TrainingStopped:
+            pass
+    fired = {line.split("DIAGNOSTIC ")[1].split(":")[0] for line in caplog.text.splitlines() if "DIAGNOSTIC " in line}
+    assert fired & {"everything", "collapse", "nan", "diverging", "oscillating"}, fired
+    assert "learning rate" in caplog.text
+
+
+def test_bad_train_settings_are_config_errors(data, tmp_path):
+    from lesionseg.train import _check_train_config, make_strategy, train
+
+    with pytest.raises(LesionsegError, match="train.strategy"):
+        make_strategy("everywhere", "tensorflow")
+    with pytest.raises(LesionsegError, match="TensorFlow backend"):
+        make_strategy("mirrored", "jax")
+    with pytest.raises(LesionsegError, match="divisible"):
+        _check_train_config(load_config(SMOKE, ["train.batch_size=3"]), n_replicas=2)
+    with pytest.raises(LesionsegError, match="train.schedule"):
+        train(load_config(SMOKE, ["train.schedule=linear"]), data, tmp_path / "x")
+    with pytest.raises(LesionsegError, match="sample99"):
+        train(load_config(SMOKE, ["train.val_cases=[sample99]"]), data, tmp_path / "y")
+
+
+def test_learning_rate_schedules():
+    from lesionseg.train import RunState, cosine_lr
+
+    lrs = [cosine_lr(e, 5, 1e-3, 1e-5) for e in range(5)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    state = RunState(epoch=3, lr=5e-4, best_score=[0.5, 0.4], plateau_best=-math.inf)
+    again = RunState.from_json(state.to_json())
+    assert again == state
+
+
+def test_history_round_trip_and_curves(tmp_path):
+    rows = [
+        {"epoch": 1, "loss": 0.9, "lr": 1e-3, "train_dice": 0.1, "val_lesion_f1": math.nan, "best": 0, "diagnostics": ""},
+        {"epoch": 2, "loss": 0.7, "lr": 1e-3, "train_dice": 0.3, "val_lesion_f1": 0.5, "val_dice": 0.4, "best": 1, "diagnostics": "collapse"},
+    ]
+    write_history(rows, tmp_path / "history.csv")
+    back = read_history(tmp_path / "history.csv")
+    assert back[1]["val_lesion_f1"] == 0.5 and math.isnan(back[0]["val_lesion_f1"])
+    assert back[1]["diagnostics"] == "collapse" and math.isnan(back[0]["val_dice"])
+    png = plot_curves(back, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
