@@ -62,7 +62,6 @@ from dataclasses import dataclass, field
 import cc3d
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from lesionseg.config import EvaluateConfig
@@ -103,6 +102,11 @@ class Lesions:
     bbox : numpy.ndarray
         (n, 6) int64 bounding box ``i0, i1, j0, j1, k0, k1`` (start
         inclusive, stop exclusive, like slices) in voxel indices.
+    voxels : numpy.ndarray
+        (V,) int64 flat (C-order) indices into ``labels`` of every lesion
+        voxel, in increasing order.
+    voxel_labels : numpy.ndarray
+        (V,) uint32 label of each of those voxels.
     """
 
     labels: np.ndarray
@@ -110,6 +114,8 @@ class Lesions:
     volume_vox: np.ndarray
     centroid: np.ndarray
     bbox: np.ndarray
+    voxels: np.ndarray
+    voxel_labels: np.ndarray
 
     @property
     def n(self) -> int:
@@ -272,37 +278,53 @@ def _union_box(truth: np.ndarray, pred: np.ndarray, margin: int) -> tuple[slice,
     return tuple(box)  # type: ignore[return-value]
 
 
-def _statistics(labels: np.ndarray, offset: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel counts, centroids and half-open bounding boxes of labels 1..n (volume coordinates)."""
-    stats = cc3d.statistics(labels, no_slice_conversion=True)
-    counts = np.asarray(stats["voxel_counts"], dtype=np.int64)[1:]
-    centroid = np.asarray(stats["centroids"], dtype=np.float64)[1:] + np.asarray(offset, dtype=np.float64)
-    bbox = np.asarray(stats["bounding_boxes"], dtype=np.int64)[1:].copy()
-    bbox[:, 1::2] += 1  # inclusive max -> exclusive stop
-    bbox += np.repeat(np.asarray(offset, dtype=np.int64), 2)
-    n = int(labels.max()) if labels.size else 0
-    return counts[:n], centroid[:n].reshape(n, 3), bbox[:n].reshape(n, 6)
+def _lesions_from_voxels(
+    labels: np.ndarray, voxels: np.ndarray, voxel_labels: np.ndarray, n: int, offset: tuple[int, int, int]
+) -> Lesions:
+    """Statistics of labels 1..n (all present) from the list of their voxels.
+
+    Equal to ``cc3d.statistics`` (voxel counts, centroids, bounding boxes) but
+    computed from the V lesion voxels only rather than by scanning the whole
+    box, which is several times faster for sparse lesion masks.
+    """
+    counts = np.bincount(voxel_labels, minlength=n + 1)[1:].astype(np.int64)
+    coords = np.unravel_index(voxels, labels.shape)
+    centroid = np.empty((n, 3))
+    bbox = np.empty((n, 6), np.int64)
+    if n:
+        order = np.argsort(voxel_labels, kind="stable")
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        for axis, c in enumerate(coords):
+            centroid[:, axis] = np.bincount(voxel_labels, weights=c, minlength=n + 1)[1:] / counts + offset[axis]
+            c_sorted = c[order]
+            bbox[:, 2 * axis] = np.minimum.reduceat(c_sorted, starts) + offset[axis]
+            bbox[:, 2 * axis + 1] = np.maximum.reduceat(c_sorted, starts) + 1 + offset[axis]
+    return Lesions(labels, offset, counts, centroid, bbox, voxels, voxel_labels)
 
 
 def _label(
     mask: np.ndarray, connectivity: int, min_voxels: int, offset: tuple[int, int, int]
 ) -> Lesions:
-    """Label a binary (crop of a) mask and drop components below ``min_voxels``."""
+    """Label a binary C-ordered (crop of a) mask and drop components below ``min_voxels``."""
     labels, n = cc3d.connected_components(
         mask, connectivity=connectivity, return_N=True, out_dtype=np.uint32, binary_image=True
     )
     labels = np.asarray(labels, dtype=np.uint32)
-    if n == 0:
-        empty = np.zeros(0, np.int64)
-        return Lesions(labels, offset, empty, np.zeros((0, 3)), np.zeros((0, 6), np.int64))
-    counts, centroid, bbox = _statistics(labels, offset)
-    keep = counts >= min_voxels
-    if not keep.all():
-        lut = np.zeros(n + 1, np.uint32)
-        lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-        labels = lut[labels]
-        counts, centroid, bbox = counts[keep], centroid[keep], bbox[keep]
-    return Lesions(labels, offset, counts, centroid, bbox)
+    voxels = np.flatnonzero(mask)  # on the bool mask: much faster than on the labels
+    voxel_labels = labels.ravel()[voxels]
+    if n and min_voxels > 1:
+        counts = np.bincount(voxel_labels, minlength=n + 1)
+        keep = counts >= min_voxels
+        keep[0] = False
+        if not keep[1:].all():
+            lut = np.zeros(n + 1, np.uint32)
+            n = int(keep.sum())
+            lut[keep] = np.arange(1, n + 1, dtype=np.uint32)
+            labels = lut[labels]
+            voxel_labels = lut[voxel_labels]
+            kept = voxel_labels > 0
+            voxels, voxel_labels = voxels[kept], voxel_labels[kept]
+    return _lesions_from_voxels(labels, voxels, voxel_labels, int(n), offset)
 
 
 def label_lesions(mask: np.ndarray, connectivity: int = 26, min_voxels: int = 1) -> Lesions:
@@ -325,7 +347,7 @@ def label_lesions(mask: np.ndarray, connectivity: int = 26, min_voxels: int = 1)
     """
     if connectivity not in CONNECTIVITIES:
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
-    return _label(np.asarray(mask) != 0, connectivity, int(min_voxels), (0, 0, 0))
+    return _label(np.ascontiguousarray(np.asarray(mask) != 0), connectivity, int(min_voxels), (0, 0, 0))
 
 
 @dataclass(frozen=True)
@@ -339,11 +361,15 @@ class _Pairs:
     ov_p: np.ndarray  # (np,) predicted voxels inside truth lesions
 
 
-def _pairs(a: np.ndarray, b: np.ndarray, na: int, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct (a, b) label pairs with both > 0 and their voxel counts (sorted by a, then b)."""
-    where = np.flatnonzero(a)
-    av = a.ravel()[where]
-    bv = b.ravel()[where]
+def _pairs(a: Lesions, b: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (a, b) label pairs over a's voxels where ``b`` > 0, with voxel counts.
+
+    ``b`` is a label image of a's grid with labels 0..nb.  Pairs are sorted
+    by a's label, then b's.
+    """
+    na = a.n
+    av = a.voxel_labels
+    bv = b.ravel()[a.voxels]
     hit = bv > 0
     code = av[hit].astype(np.int64) * (nb + 1) + bv[hit]
     if code.size == 0:
@@ -359,7 +385,7 @@ def _pairs(a: np.ndarray, b: np.ndarray, na: int, nb: int) -> tuple[np.ndarray, 
 
 
 def _overlaps(truth: Lesions, pred: Lesions) -> _Pairs:
-    t, p, n = _pairs(truth.labels, pred.labels, truth.n, pred.n)
+    t, p, n = _pairs(truth, pred.labels, pred.n)
     ov_t = np.bincount(t, weights=n, minlength=truth.n + 1)[1:].astype(np.int64)
     ov_p = np.bincount(p, weights=n, minlength=pred.n + 1)[1:].astype(np.int64)
     return _Pairs(t, p, n, ov_t, ov_p)
@@ -456,29 +482,63 @@ def _match_iou(truth: Lesions, pred: Lesions, pairs: _Pairs, threshold: float) -
     return _Match(det_t, det_p, (mt, mp), (mp, mt), iou_t, iou_p)
 
 
+_OFFSETS18 = [
+    (a, b, c)
+    for a in (-1, 0, 1)
+    for b in (-1, 0, 1)
+    for c in (-1, 0, 1)
+    if 0 < abs(a) + abs(b) + abs(c) <= 2
+]
+
+
+def dilate18(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """Binary dilation with the 18-neighbour element (faces and edges), ``iterations`` times.
+
+    The same result as ``scipy.ndimage.binary_dilation(mask,
+    generate_binary_structure(3, 2), iterations)`` (outside the volume
+    counts as background), computed as an OR of 18 shifted views, which is
+    several times faster.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        (D, H, W) bool.
+    iterations : int
+        Number of dilations (0 returns the mask).
+
+    Returns
+    -------
+    numpy.ndarray
+        (D, H, W) bool.
+    """
+    out = np.asarray(mask, dtype=bool)
+    for _ in range(iterations):
+        grown = out.copy()
+        for shift in _OFFSETS18:
+            dst = tuple(slice(max(0, s), n + min(0, s)) for s, n in zip(shift, out.shape, strict=True))
+            src = tuple(slice(max(0, -s), n + min(0, -s)) for s, n in zip(shift, out.shape, strict=True))
+            grown[dst] |= out[src]
+        out = grown
+    return out
+
+
 def _brats_truth(truth_mask: np.ndarray, lesions: Lesions, cfg: EvaluateConfig) -> tuple[Lesions, np.ndarray]:
     """Merge truth components lying in one dilated blob; return them and the blob labels."""
     kept = lesions.labels > 0
-    if cfg.brats_dilation > 0:
-        structure = ndimage.generate_binary_structure(3, 2)  # 18-neighbour element
-        dilated = ndimage.binary_dilation(kept, structure=structure, iterations=cfg.brats_dilation)
-    else:
-        dilated = kept
+    dilated = dilate18(kept, cfg.brats_dilation)
     blobs = np.asarray(
         cc3d.connected_components(dilated, connectivity=cfg.connectivity, out_dtype=np.uint32, binary_image=True),
         dtype=np.uint32,
     )
     merged = np.where(kept, blobs, np.uint32(0))
-    if not kept.any():
-        empty = np.zeros(0, np.int64)
-        return Lesions(merged, lesions.offset, empty, np.zeros((0, 3)), np.zeros((0, 6), np.int64)), blobs
-    counts, centroid, bbox = _statistics(merged, lesions.offset)
-    return Lesions(merged, lesions.offset, counts, centroid, bbox), blobs
+    voxel_labels = blobs.ravel()[lesions.voxels]
+    n = int(voxel_labels.max()) if voxel_labels.size else 0  # every blob holds truth voxels
+    return _lesions_from_voxels(merged, lesions.voxels, voxel_labels, n, lesions.offset), blobs
 
 
 def _match_brats(truth: Lesions, pred: Lesions, pairs: _Pairs, blobs: np.ndarray) -> _Match:
     # predicted components touching each dilated truth blob (blob id == merged truth id)
-    bt, bp, _ = _pairs(pred.labels, blobs, pred.n, truth.n)  # (pred id, blob id)
+    bt, bp, _ = _pairs(pred, blobs, truth.n)  # (pred id, blob id)
     det_p = np.zeros(pred.n, bool)
     det_p[bt - 1] = True
     det_t = np.zeros(truth.n, bool)
@@ -569,8 +629,8 @@ def _evaluate(
     box = _union_box(truth, pred, margin)
     offset = (box[0].start, box[1].start, box[2].start)
     # C order, so that ravel() never copies and both label images share one layout
-    t_mask = np.ascontiguousarray(truth[box] != 0)
-    p_mask = np.ascontiguousarray(pred[box] != 0)
+    t_mask = np.not_equal(truth[box], 0, order="C")
+    p_mask = np.not_equal(pred[box], 0, order="C")
     n_t, n_p = int(np.count_nonzero(t_mask)), int(np.count_nonzero(p_mask))
     inter = int(np.count_nonzero(t_mask & p_mask))
 

@@ -17,6 +17,7 @@ from lesionseg.lesions import (
     STATUS_FN,
     STATUS_FP,
     STATUS_TP,
+    dilate18,
     evaluate_case,
     harmonic_f1,
     label_lesions,
@@ -187,6 +188,22 @@ def test_lesion_statistics_in_volume_coordinates():
     assert row.volume_vox == 6 and row.volume_mm3 == pytest.approx(36.0)
     prow = ev.lesions[ev.lesions.source == "pred"].iloc[0]
     assert (prow.centroid_i, prow.bbox_i0, prow.bbox_i1) == (15.0, 15, 16)
+
+
+@pytest.mark.parametrize("connectivity, min_voxels", [(26, 1), (6, 3)])
+def test_statistics_match_cc3d_statistics(connectivity, min_voxels):
+    import cc3d
+
+    m = np.random.default_rng(5).random((30, 25, 20)) > 0.85
+    les = label_lesions(m, connectivity, min_voxels)
+    ref = cc3d.statistics(les.labels, no_slice_conversion=True)
+    assert les.n == les.labels.max() and les.n > 50
+    assert (les.volume_vox == ref["voxel_counts"][1:]).all() and les.volume_vox.min() >= min_voxels
+    assert np.allclose(les.centroid, ref["centroids"][1:])
+    bbox = ref["bounding_boxes"][1:].astype(np.int64)
+    bbox[:, 1::2] += 1
+    assert (les.bbox == bbox).all()
+    assert (les.voxels == np.flatnonzero(les.labels)).all()
 
 
 def test_fortran_order_input_gives_the_same_answer():
@@ -391,6 +408,17 @@ def test_brats_empty_cases(truth, pred, lesion_dice):
 
 
 # ---------------------------------------------------------------------------- misc
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_dilate18_matches_scipy(iterations):
+    from scipy import ndimage
+
+    m = np.random.default_rng(iterations).random((14, 17, 12)) > 0.97
+    m[0, 0, 0] = m[-1, -1, -1] = True  # touches the borders
+    expected = ndimage.binary_dilation(m, ndimage.generate_binary_structure(3, 2), iterations=iterations)
+    assert (dilate18(m, iterations) == expected).all()
+    assert (dilate18(m, 0) == m).all()
 
 
 def test_status_map_colours_lesions_by_status():
