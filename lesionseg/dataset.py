@@ -230,7 +230,9 @@ class PatchSequence(keras.utils.PyDataset):
         if augment:
             check_augment_config(augment_cfg)
         self.cases = list(cases)
-        self.sampler = PatchSampler.from_config([c.lesions for c in self.cases], patch_cfg, [c.case_id for c in self.cases])
+        self.sampler = PatchSampler.from_config(
+            [c.lesions for c in self.cases], patch_cfg, [c.case_id for c in self.cases]
+        )
         self.augment_cfg = augment_cfg
         self.do_augment = bool(augment)
         self.batch_size = int(batch_size)
@@ -252,7 +254,8 @@ class PatchSequence(keras.utils.PyDataset):
         spec = self.sampler.spec(self.seed, epoch, index)
         image, mask = cut_patch(self.cases[spec.case], spec)
         if self.do_augment:
-            image, mask = augment_patch(patch_rng(self.seed, epoch, index, AUGMENT_STREAM), image, mask, self.augment_cfg)
+            rng = patch_rng(self.seed, epoch, index, AUGMENT_STREAM)
+            image, mask = augment_patch(rng, image, mask, self.augment_cfg)
         return image, mask
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:

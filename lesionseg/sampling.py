@@ -36,6 +36,7 @@ Conventions
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -204,7 +205,8 @@ def index_lesions(
             raise ValueError(f"foreground shape {foreground.shape} differs from mask {labels.shape}")
         fg_idx = np.flatnonzero(foreground).astype(dtype)
         fg = fg_idx if fg_idx.size else None
-    return LesionTable(shape=tuple(int(s) for s in labels.shape), voxels=voxels, offsets=offsets, foreground=fg)  # type: ignore[arg-type]
+    shape = tuple(int(s) for s in labels.shape)
+    return LesionTable(shape=shape, voxels=voxels, offsets=offsets, foreground=fg)  # type: ignore[arg-type]
 
 
 def mode_probabilities(lesion: float, foreground: float, random: float) -> np.ndarray:
@@ -439,6 +441,11 @@ def balance_probabilities(cover: np.ndarray, target: np.ndarray, iterations: int
     return p
 
 
+def _pick(cdf: np.ndarray, u: float) -> int:
+    """Index drawn from a cumulative distribution with a uniform ``u`` in [0, 1)."""
+    return min(int(np.searchsorted(cdf, u * cdf[-1], "right")), len(cdf) - 1)
+
+
 class PatchSampler:
     """Draws :class:`PatchSpec` s over a list of cases.
 
@@ -508,6 +515,7 @@ class PatchSampler:
         self._half = np.asarray(self.size, np.int64) // 2
         self.lesion_p: list[np.ndarray] = []
         rng = np.random.default_rng(BALANCE_SEED)
+        start = time.perf_counter()
         for table, name in zip(self.tables, self.names):
             p = lesion_probabilities(table.volumes, self.alpha)
             if self.balance and table.n_lesions > 1:
@@ -516,6 +524,8 @@ class PatchSampler:
             if table.n_lesions == 0 and self.mode_p[0] > 0:
                 log.info("%s: no lesion; its lesion patches fall back to foreground patches", name)
         self._lesion_cdf = [np.cumsum(p) for p in self.lesion_p]
+        if self.balance:
+            log.debug("lesion weights of %d lesion(s) balanced in %.1f s", self.n_lesions, time.perf_counter() - start)
 
     @classmethod
     def from_config(cls, tables: Sequence[LesionTable], cfg, names: Sequence[str] | None = None) -> PatchSampler:
@@ -550,10 +560,9 @@ class PatchSampler:
         """
         case = int(rng.integers(len(self.tables)))
         table = self.tables[case]
-        mode = MODES[min(int(np.searchsorted(self._mode_cdf, rng.random() * self._mode_cdf[-1], "right")), 2)]
+        mode = MODES[_pick(self._mode_cdf, rng.random())]
         if mode == "lesion" and table.n_lesions:
-            cdf = self._lesion_cdf[case]
-            label = 1 + min(int(np.searchsorted(cdf, rng.random() * cdf[-1], "right")), table.n_lesions - 1)
+            label = 1 + _pick(self._lesion_cdf[case], rng.random())
             start, stop = table.offsets[label - 1], table.offsets[label]
             flat = table.voxels[start + rng.integers(stop - start)]
             voxel = np.array(np.unravel_index(flat, table.shape), dtype=np.int64)
@@ -633,7 +642,9 @@ class TargetingSummary:
     case_ratio: float
 
 
-def target_counts(labels: Sequence[np.ndarray], n_lesions: Sequence[int], specs: Sequence[PatchSpec]) -> list[np.ndarray]:
+def target_counts(
+    labels: Sequence[np.ndarray], n_lesions: Sequence[int], specs: Sequence[PatchSpec]
+) -> list[np.ndarray]:
     """Per case, the number of patches that target each lesion.
 
     Parameters
