@@ -111,7 +111,7 @@ def cases_table(evaluations: Sequence[CaseEvaluation], cfg: EvaluateConfig) -> p
     rows = [[getattr(ev, c) for c in columns] for ev in evaluations]
     table = pd.DataFrame(rows, columns=columns)
     for key, value in _settings(cfg).items():
-        table[key] = value
+        table[key] = [getattr(ev, key) for ev in evaluations] if evaluations else value
     table["min_lesion_vox"] = [ev.min_lesion_vox for ev in evaluations]
     table["voxel_volume_mm3"] = [ev.voxel_volume_mm3 for ev in evaluations]
     return table
@@ -157,6 +157,8 @@ def lesions_table(evaluations: Sequence[CaseEvaluation], cfg: EvaluateConfig) ->
     columns = [*LESION_COLUMNS, *CRITERION_LESION_COLUMNS[cfg.criterion]]
     frames = [ev.lesions for ev in evaluations if len(ev.lesions)]
     table = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    for axis in "ijk":  # a centroid to 1/1000 voxel is plenty and keeps the file readable
+        table[f"centroid_{axis}"] = table[f"centroid_{axis}"].astype(float).round(3)
     for key, value in _settings(cfg).items():
         table[key] = value
     return table
@@ -472,7 +474,7 @@ def _cell(value: object) -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{float(value):.3f}"
+        return f"{float(value):.3f}"
     return str(value).replace("|", "\\|")
 
 
@@ -495,5 +497,6 @@ def to_markdown(df: pd.DataFrame) -> str:
         parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
         return "| " + " | ".join(parts) + " |"
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else (":" + "-" * (w + 1)) for w, num in zip(widths, numeric, strict=True)) + "|"
+    marks = [("-" * (w + 1) + ":") if num else (":" + "-" * (w + 1)) for w, num in zip(widths, numeric, strict=True)]
+    rule = "|" + "|".join(marks) + "|"
     return "\n".join([line(columns), rule, *(line(r) for r in cells)])
