@@ -64,6 +64,9 @@ def check(ev, **expected) -> None:
 A = bar(2, 4)  # 3 voxels
 B = bar(10, 12)  # 3 voxels, far from A
 C = block(12, 13, 8, 9, 18, 19)  # 8 voxels, far from both
+# two voxels touching only at a corner, two touching only along an edge
+CORNER = [(3, 3, 3), (4, 4, 4)]
+EDGE = [(8, 3, 3), (9, 4, 3)]
 
 ANY_SCENARIOS = {
     # name: (truth, pred, GT, TP, FN, FP, n_pred, precision, recall, f1, dice)
@@ -95,6 +98,56 @@ def test_any_scenarios(name):
     assert (rows.case == "c1").all()
 
 
+# The same scenarios under every criterion: (GT, TP, FN, FP, n_pred, TP_pred), hand-computed.
+# min_lesion_mm3 = 0 unless stated (anima's 3 mm³ default is tested on its own below).
+CROSS = {
+    # name: (truth, pred, connectivity, zooms, min_mm3, {criterion: counts})
+    "empty": ([], [], 26, ISO, 0.0, dict.fromkeys(("any", "anima", "iou", "brats"), (0, 0, 0, 0, 0, 0))),
+    "missed": ([A], [], 26, ISO, 0.0, dict.fromkeys(("any", "anima", "iou", "brats"), (1, 0, 1, 0, 0, 0))),
+    "extra": ([], [C], 26, ISO, 0.0, dict.fromkeys(("any", "anima", "iou", "brats"), (0, 0, 0, 1, 1, 0))),
+    "hit": ([A], [A], 26, ISO, 0.0, dict.fromkeys(("any", "anima", "iou", "brats"), (1, 1, 0, 0, 1, 1))),
+    # truth: 7-voxel bar; predictions: 2 voxels at each end.  anima: 4/7 covered > alpha, both
+    # predictions inside truth; truth 3/7 outside the predictions <= beta.  iou: 2/7 < 0.5.
+    "split": ([bar(2, 8)], [bar(2, 3), bar(7, 8)], 26, ISO, 0.0, {
+        "any": (1, 1, 0, 0, 2, 2), "anima": (1, 1, 0, 0, 2, 2),
+        "iou": (1, 0, 1, 2, 2, 0), "brats": (1, 1, 0, 0, 2, 2)}),
+    # two 3-voxel truth bars one voxel apart, one 7-voxel prediction over both.  anima: the
+    # prediction lies 1/7 outside truth.  iou: 3/7 < 0.5.  brats: the dilated bars touch, so
+    # they are one lesion.
+    "merge": ([bar(2, 4), bar(6, 8)], [bar(2, 8)], 26, ISO, 0.0, {
+        "any": (2, 2, 0, 0, 1, 1), "anima": (2, 2, 0, 0, 1, 1),
+        "iou": (2, 0, 2, 1, 1, 0), "brats": (1, 1, 0, 0, 1, 1)}),
+    # two truth voxels touching at a corner, the prediction is the first one
+    "corner, 26": ([CORNER], [CORNER[0]], 26, ISO, 0.0, {
+        "any": (1, 1, 0, 0, 1, 1), "anima": (1, 1, 0, 0, 1, 1),  # 1/2 covered; truth 1/2 outside
+        "iou": (1, 1, 0, 0, 1, 1), "brats": (1, 1, 0, 0, 1, 1)}),  # IoU exactly 0.5
+    "corner, 6": ([CORNER], [CORNER[0]], 6, ISO, 0.0, {
+        "any": (2, 1, 1, 0, 1, 1), "anima": (2, 1, 1, 0, 1, 1),
+        "iou": (2, 1, 1, 0, 1, 1), "brats": (1, 1, 0, 0, 1, 1)}),  # dilation merges them again
+    # 2- and 3-voxel lesions, 1 mm³ voxels, minimum 3 mm³: anima drops <= 3 mm³ (min 4 voxels)
+    "size boundary": ([bar(0, 1), bar(6, 8)], [bar(0, 1), bar(6, 8)], 26, ISO, 3.0, {
+        "any": (1, 1, 0, 0, 1, 1), "anima": (0, 0, 0, 0, 0, 0),
+        "iou": (1, 1, 0, 0, 1, 1), "brats": (1, 1, 0, 0, 1, 1)}),
+    # 0.5 mm³ voxels: 6 voxels = 3.0 mm³ kept, 5 voxels = 2.5 mm³ dropped; anima: min 7 voxels
+    "anisotropic": ([bar(0, 5), bar(10, 14, i=2)], [bar(0, 5), bar(10, 14, i=2)], 26, (0.5, 0.5, 2.0), 3.0, {
+        "any": (1, 1, 0, 0, 1, 1), "anima": (0, 0, 0, 0, 0, 0),
+        "iou": (1, 1, 0, 0, 1, 1), "brats": (1, 1, 0, 0, 1, 1)}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("criterion", ["any", "anima", "iou", "brats"])
+@pytest.mark.parametrize("name", list(CROSS))
+def test_every_criterion_on_the_scenarios(name, criterion):
+    truth, pred, connectivity, zooms, min_mm3, expected = CROSS[name]
+    cfg = EvaluateConfig(criterion=criterion, connectivity=connectivity, min_lesion_mm3=min_mm3)
+    ev = evaluate_case(vol(*truth), vol(*pred), zooms, cfg)
+    assert (ev.GT, ev.TP, ev.FN, ev.FP, ev.n_pred, ev.TP_pred) == expected[criterion]
+    rows = ev.lesions
+    assert (rows.source == "truth").sum() == ev.GT and (rows.source == "pred").sum() == ev.n_pred
+    assert ((rows.source == "truth") & (rows.status == "TP")).sum() == ev.TP
+    assert ((rows.source == "pred") & (rows.status == "FP")).sum() == ev.FP
+
+
 def test_split_and_merge_flags():
     ev = evaluate_case(vol(bar(2, 8)), vol(bar(2, 3), bar(7, 8)), ISO)
     r = ev.lesions.set_index(["source", "lesion_id"])
@@ -109,11 +162,6 @@ def test_split_and_merge_flags():
     assert r.loc[("truth", 1), "merge"] and r.loc[("truth", 2), "merge"]
     assert r.loc[("pred", 1), "matched_ids"] == "1;2"
     assert r.loc[("pred", 1), "overlap_vox"] == 6
-
-
-# two voxels touching only at a corner, two touching only along an edge
-CORNER = [(3, 3, 3), (4, 4, 4)]
-EDGE = [(8, 3, 3), (9, 4, 3)]
 
 
 @pytest.mark.parametrize(
