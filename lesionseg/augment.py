@@ -25,6 +25,8 @@ def check_augment_config(cfg: AugmentConfig) -> None:
         value = getattr(cfg, name)
         if not np.isfinite(value) or value < 0:
             raise LesionsegError(f"config augment.{name} must be >= 0, got {value}")
+    if not 0 <= cfg.noise_probability <= 1:
+        raise LesionsegError(f"config augment.noise_probability must be in [0, 1], got {cfg.noise_probability}")
     if cfg.intensity_scale >= 1:
         raise LesionsegError(f"config augment.intensity_scale must be < 1, got {cfg.intensity_scale}")
 
@@ -128,5 +130,6 @@ def augment_patch(
         image, mask = random_rot90(rng, image, mask)
     if cfg.intensity_scale > 0 or cfg.intensity_shift > 0 or cfg.noise_std > 0:
         # reads the flipped/rotated view once and writes a fresh contiguous array
-        image = intensity_jitter(rng, image, cfg.intensity_scale, cfg.intensity_shift, cfg.noise_std)
+        noise = cfg.noise_std if cfg.noise_std > 0 and rng.random() < cfg.noise_probability else 0.0
+        image = intensity_jitter(rng, image, cfg.intensity_scale, cfg.intensity_shift, noise)
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)

@@ -123,6 +123,9 @@ class AugmentConfig:
         Per-channel additive jitter, uniform in [-s, s] (normalised units).
     noise_std : float
         Standard deviation of added Gaussian noise (0 = off).
+    noise_probability : float
+        Share of patches that get the noise (nnU-Net uses 0.1); the noise is
+        the costliest augmentation (a normal draw per voxel).
     rotate90 : bool
         Random 90° rotations in the axial plane.
     """
@@ -131,6 +134,7 @@ class AugmentConfig:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     noise_std: float = 0.0
+    noise_probability: float = 1.0
     rotate90: bool = False
 
 

@@ -212,6 +212,22 @@ def test_intensity_jitter_bounds():
     np.testing.assert_array_equal(same, image)
 
 
+def test_noise_only_inside_and_only_on_its_share_of_patches():
+    image, mask = structured_patch()
+    quiet = AugmentConfig(flip_axes=(), intensity_scale=0.0, intensity_shift=0.0, noise_std=0.1)
+    never = replace(quiet, noise_probability=0.0)
+    for seed in range(5):
+        np.testing.assert_array_equal(augment_patch(np.random.default_rng(seed), image, mask, never)[0], image)
+    noisy = augment_patch(np.random.default_rng(0), image, mask, quiet)[0]
+    diff = noisy - image
+    assert 0.07 < diff[image != 0].std() < 0.13
+    assert not noisy[:2, :2, :2].any()
+    half = replace(quiet, noise_probability=0.5)
+    changed = [not np.array_equal(augment_patch(np.random.default_rng(s), image, mask, half)[0], image)
+               for s in range(40)]
+    assert 10 < sum(changed) < 30
+
+
 def test_rot90_keeps_the_shape_of_non_square_patches():
     image = np.zeros((4, 6, 5, 1), np.float32)
     mask = np.zeros((4, 6, 5), np.uint8)
@@ -225,3 +241,5 @@ def test_bad_augment_settings_are_user_errors():
         check_augment_config(AugmentConfig(intensity_scale=1.5))
     with pytest.raises(LesionsegError, match="noise_std"):
         check_augment_config(AugmentConfig(noise_std=-1))
+    with pytest.raises(LesionsegError, match="noise_probability"):
+        check_augment_config(AugmentConfig(noise_probability=2))
