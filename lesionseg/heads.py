@@ -11,24 +11,44 @@ Heads
 ``softmax``: 2 channels (background, lesion), lesion probability =
 softmax(z)[..., 1].  A softmax head with logits (0, z) equals a sigmoid head
 with logit z.
+
+Every function here takes channels-last tensors of any rank (the 3D models
+give (B, D, H, W, K)); the class axis is always the last one, never a fixed
+index such as ``[:, :, :, c]`` (which on 5-D tensors would slice a spatial
+axis).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from lesionseg.errors import LesionsegError
+
 HEADS = ("sigmoid", "softmax")
 
 
+class HeadError(LesionsegError, ValueError):
+    """An unknown head name (a :class:`LesionsegError` and a ``ValueError``)."""
+
+
 def head_channels(head: str) -> int:
-    """Number of output channels of a head (1 for sigmoid, 2 for softmax)."""
+    """Number of output channels of a head (1 for sigmoid, 2 for softmax).
+
+    Raises
+    ------
+    HeadError
+        If ``head`` is not one of :data:`HEADS`.
+    """
     if head not in HEADS:
-        raise ValueError(f"model.head must be 'sigmoid' or 'softmax', got {head!r}")
+        raise HeadError(f"model.head must be 'sigmoid' or 'softmax', got {head!r}")
     return 1 if head == "sigmoid" else 2
 
 
 def lesion_probability(logits, head: str):
-    """Lesion probability (..., 1) from logits, as a backend tensor (``keras.ops``)."""
+    """Lesion probability (..., 1) from logits (..., K), as a backend tensor.
+
+    Uses ``keras.ops`` only, so it runs on any Keras backend.
+    """
     from keras import ops
 
     head_channels(head)
@@ -41,7 +61,9 @@ def class_log_probabilities(logits, head: str):
     """(log p_background, log p_lesion), each (..., 1), computed stably from logits.
 
     For a sigmoid head: log σ(-z) and log σ(z); for a softmax head: the two
-    channels of log-softmax.  Never takes log of 0.
+    channels of log-softmax.  Never takes log of 0, so both are finite for any
+    finite logits and their gradients never vanish through a saturated
+    probability.
     """
     from keras import ops
 
@@ -50,6 +72,20 @@ def class_log_probabilities(logits, head: str):
         return ops.log_sigmoid(-logits), ops.log_sigmoid(logits)
     logp = ops.log_softmax(logits, axis=-1)
     return logp[..., 0:1], logp[..., 1:2]
+
+
+def class_probabilities(logits, head: str):
+    """(p_background, p_lesion), each (..., 1), as exp of the stable log-probabilities.
+
+    Unlike ``1 - sigmoid(z)`` (which is exactly 0 in float32 for z > 17 and
+    then has zero gradient), each member of the pair is computed directly, so
+    a confidently wrong voxel still has a non-zero gradient.  p_background +
+    p_lesion = 1 up to rounding.
+    """
+    from keras import ops
+
+    log_bg, log_fg = class_log_probabilities(logits, head)
+    return ops.exp(log_bg), ops.exp(log_fg)
 
 
 def lesion_probability_numpy(logits: np.ndarray, head: str) -> np.ndarray:
