@@ -1,0 +1,246 @@
+"""A configurable 3D U-Net (Keras 3 functional API, channels-last) that emits logits.
+
+Architecture (``ModelConfig``): ``depth`` down-sampling steps (2–5); level l
+has ``round(base_filters * growth**l)`` filters (16/32/64 at depth 2 by
+default, the reference model); every block is two 3×3×3 convolutions, each
+followed by normalisation and ReLU/LeakyReLU; max-pooling down, transposed
+convolution (or nearest up-sampling + 3×3×3 convolution) up, skip
+connections by concatenation, dropout in the bottleneck and decoder.  The
+head is a 1×1×1 convolution with **no activation** giving K logits (1 for a
+sigmoid head, 2 for softmax); :mod:`lesionseg.heads` turns them into
+probabilities.
+
+The spatial input dimensions are ``None``, so one model predicts any window
+whose sides are divisible by ``2**depth``.  Only built-in Keras layers are
+used, so ``.keras`` files load anywhere; the package's losses and metrics are
+registered for compiled models.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zipfile
+from pathlib import Path
+
+import keras
+
+from lesionseg.config import ModelConfig
+from lesionseg.errors import LesionsegError
+from lesionseg.heads import HEADS, head_channels
+
+log = logging.getLogger(__name__)
+
+NORMS = ("batch", "instance", "group", "none")
+ACTIVATIONS = ("relu", "leaky_relu")
+UPSAMPLINGS = ("transpose", "upsample")
+MIN_DEPTH, MAX_DEPTH = 2, 5
+LEAKY_SLOPE = 0.01  # nnU-Net's negative slope
+
+
+def level_filters(cfg: ModelConfig) -> list[int]:
+    """Filters of levels 0..depth (the last is the bottleneck)."""
+    return [max(1, int(round(cfg.base_filters * cfg.growth**level))) for level in range(cfg.depth + 1)]
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Raise a one-line :class:`LesionsegError` for an invalid ``[model]`` section."""
+    if not isinstance(cfg.depth, int) or not MIN_DEPTH <= cfg.depth <= MAX_DEPTH:
+        raise LesionsegError(f"model.depth must be an integer in {MIN_DEPTH}..{MAX_DEPTH}, got {cfg.depth!r}")
+    if not isinstance(cfg.base_filters, int) or cfg.base_filters < 1:
+        raise LesionsegError(f"model.base_filters must be a positive integer, got {cfg.base_filters!r}")
+    if not cfg.growth > 0:
+        raise LesionsegError(f"model.growth must be > 0, got {cfg.growth!r}")
+    if cfg.head not in HEADS:
+        raise LesionsegError(f"model.head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
+    if cfg.norm not in NORMS:
+        raise LesionsegError(f"model.norm must be one of {', '.join(NORMS)}, got {cfg.norm!r}")
+    if cfg.activation not in ACTIVATIONS:
+        raise LesionsegError(
+            f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r} "
+            "(the head never has an activation: models emit logits)"
+        )
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise LesionsegError(f"model.dropout must be in [0, 1), got {cfg.dropout!r}")
+    if cfg.upsampling not in UPSAMPLINGS:
+        raise LesionsegError(f"model.upsampling must be one of {', '.join(UPSAMPLINGS)}, got {cfg.upsampling!r}")
+
+
+def check_patch_size(patch_size: tuple[int, ...], depth: int) -> None:
+    """Raise :class:`LesionsegError` unless every side is a positive multiple of 2**depth."""
+    factor = 2**depth
+    sizes = tuple(patch_size)
+    if len(sizes) != 3 or any(int(s) != s or s <= 0 or s % factor for s in sizes):
+        raise LesionsegError(
+            f"patch size {sizes} must be 3 positive multiples of 2**depth = {factor} "
+            f"(model.depth = {depth}), e.g. {tuple(max(factor, factor * round(s / factor)) for s in sizes[:3])}"
+        )
+
+
+def _norm(x, kind: str, filters: int, name: str):
+    if kind == "batch":
+        return keras.layers.BatchNormalization(name=name)(x)
+    if kind == "instance":
+        return keras.layers.GroupNormalization(groups=-1, name=name)(x)
+    if kind == "group":
+        groups = max(g for g in range(1, 9) if filters % g == 0)
+        return keras.layers.GroupNormalization(groups=groups, name=name)(x)
+    return x
+
+
+def _act(x, kind: str, name: str):
+    if kind == "leaky_relu":
+        return keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=name)(x)
+    return keras.layers.ReLU(name=name)(x)
+
+
+def _conv_block(x, filters: int, cfg: ModelConfig, prefix: str):
+    """Two (3×3×3 convolution → normalisation → activation) steps."""
+    for i in (1, 2):
+        x = keras.layers.Conv3D(
+            filters, 3, padding="same", use_bias=cfg.norm == "none",
+            kernel_initializer="he_normal", name=f"{prefix}_conv{i}",
+        )(x)
+        x = _norm(x, cfg.norm, filters, f"{prefix}_norm{i}")
+        x = _act(x, cfg.activation, f"{prefix}_act{i}")
+    return x
+
+
+def _dropout(x, rate: float, name: str):
+    return keras.layers.Dropout(rate, name=name)(x) if rate > 0 else x
+
+
+def build_unet(
+    cfg: ModelConfig, in_channels: int, patch_size: tuple[int, int, int] | None = None
+) -> keras.Model:
+    """Build the 3D U-Net described by ``cfg``.
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+        Architecture (depth, filters, norm, activation, dropout, up-sampling, head).
+    in_channels : int
+        Number of input channels C (e.g. 2 for FLAIR + T1).
+    patch_size : tuple of 3 int, optional
+        Training patch size (voxels); checked to be divisible by ``2**depth``.
+        The model itself accepts any such size (spatial dims are ``None``).
+
+    Returns
+    -------
+    keras.Model
+        Input (B, d, h, w, C) float32 → logits (B, d, h, w, K) float32,
+        K = 1 (sigmoid head) or 2 (softmax head), no activation.
+
+    Raises
+    ------
+    LesionsegError
+        Invalid configuration, channel count or patch size.
+    """
+    check_model_config(cfg)
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise LesionsegError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if patch_size is not None:
+        check_patch_size(patch_size, cfg.depth)
+    filters = level_filters(cfg)
+
+    inputs = keras.Input(shape=(None, None, None, in_channels), name="image")
+    x = inputs
+    skips = []
+    for level in range(cfg.depth):
+        x = _conv_block(x, filters[level], cfg, f"enc{level}")
+        skips.append(x)
+        x = keras.layers.MaxPooling3D(2, name=f"enc{level}_pool")(x)
+    x = _conv_block(x, filters[cfg.depth], cfg, "bottleneck")
+    x = _dropout(x, cfg.dropout, "bottleneck_dropout")
+    for level in reversed(range(cfg.depth)):
+        f = filters[level]
+        if cfg.upsampling == "transpose":
+            x = keras.layers.Conv3DTranspose(f, 2, strides=2, name=f"dec{level}_up")(x)
+        else:
+            x = keras.layers.UpSampling3D(2, name=f"dec{level}_up")(x)
+            x = keras.layers.Conv3D(f, 3, padding="same", name=f"dec{level}_upconv")(x)
+        x = keras.layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skips[level]])
+        x = _dropout(x, cfg.dropout, f"dec{level}_dropout")
+        x = _conv_block(x, f, cfg, f"dec{level}")
+    logits = keras.layers.Conv3D(
+        head_channels(cfg.head), 1, activation=None, dtype="float32", name="logits"
+    )(x)
+    name = f"unet3d_d{cfg.depth}_f{cfg.base_filters}_{cfg.head}"
+    model = keras.Model(inputs, logits, name=name)
+    assert_emits_logits(model, cfg.head)
+    return model
+
+
+_ACTIVATION_LAYERS = ("Activation", "Softmax", "ReLU", "LeakyReLU", "ELU", "PReLU")
+
+
+def assert_emits_logits(model: keras.Model, head: str | None = None) -> None:
+    """Raise unless the model's output layer is activation-free (emits logits).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A single-output model.
+    head : {"sigmoid", "softmax"}, optional
+        Also check the number of output channels against the head.
+
+    Raises
+    ------
+    LesionsegError
+        If the last layer is an activation layer or has a non-linear
+        ``activation`` (e.g. a sigmoid/softmax/ReLU head), or has the wrong
+        number of channels.  Probabilities must be made by
+        :mod:`lesionseg.heads`, never inside the model.
+    """
+    layer = model.layers[-1]
+    kind = type(layer).__name__
+    activation = getattr(layer, "activation", None)
+    act_name = getattr(activation, "__name__", None)
+    if kind in _ACTIVATION_LAYERS or (activation is not None and act_name != "linear"):
+        what = act_name if kind not in _ACTIVATION_LAYERS else kind
+        raise LesionsegError(
+            f"model {model.name!r}: output layer {layer.name!r} applies {what!r}; lesionseg "
+            "models must emit logits (no activation on the head) — probabilities are made "
+            "in lesionseg.heads"
+        )
+    if head is not None:
+        k = head_channels(head)
+        channels = model.outputs[0].shape[-1]
+        if channels != k:
+            raise LesionsegError(
+                f"model {model.name!r}: head {head!r} needs {k} output channel(s), model has {channels}"
+            )
+
+
+def count_parameters(model: keras.Model) -> int:
+    """Total number of weights (trainable and not, e.g. batch-norm statistics)."""
+    return int(sum(math.prod(w.shape) for w in model.weights))
+
+
+def load_model(path: str | Path, compile: bool = False) -> keras.Model:
+    """Load a ``.keras`` model saved by lesionseg (custom losses/metrics registered).
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.keras`` file.
+    compile : bool
+        Also restore the loss, metrics and optimizer (to resume training).
+        Inference does not need them.
+
+    Raises
+    ------
+    LesionsegError
+        Missing or unreadable file.
+    """
+    import lesionseg.losses  # noqa: F401  (registers the serialisable loss)
+    import lesionseg.metrics  # noqa: F401  (registers the metrics)
+
+    path = Path(path)
+    if not path.is_file():
+        raise LesionsegError(f"{path}: model file not found")
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LesionsegError(f"{path}: cannot load model ({first})") from None
