@@ -238,8 +238,8 @@ def combo_loss(y, log_bg, log_fg, *, weight, delta, classes, smooth, batch_dice)
 def symmetric_focal_loss(y, log_bg, log_fg, *, delta, gamma):
     r"""Symmetric modified focal loss L_msF (Yeung et al., 2022).
 
-    mean over voxels of −δ (1 − p_{t,1})^γ y log p_1 − (1 − δ)(1 − p_{t,0})^γ (1 − y) log p_0;
-    both classes focal-suppressed.  δ = 0.7, γ = 2.
+    mean over voxels of −δ (1 − p_{t,1})^γ y log p_1
+    − (1 − δ)(1 − p_{t,0})^γ (1 − y) log p_0: both classes focal-suppressed.  δ = 0.7, γ = 2.
     """
     return _cross_entropy(y, log_bg, log_fg, w_bg=1.0 - delta, w_fg=delta,
                           gamma_bg=gamma, gamma_fg=gamma)

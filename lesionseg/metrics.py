@@ -39,7 +39,8 @@ class _LesionMetric(keras.metrics.Metric):
         super().__init__(name=name or self.default_name, **kwargs)
         self.head = head
         for s in self._sums:
-            setattr(self, s, self.add_variable(shape=(), initializer="zeros", name=s, dtype="float32"))
+            variable = self.add_variable(shape=(), initializer="zeros", name=s, dtype="float32")
+            setattr(self, s, variable)
 
     def _prob_truth(self, y_true, y_pred):
         p = ops.cast(lesion_probability(ops.cast(y_pred, "float32"), self.head), "float32")

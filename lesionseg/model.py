@@ -40,30 +40,35 @@ LEAKY_SLOPE = 0.01  # nnU-Net's negative slope
 
 def level_filters(cfg: ModelConfig) -> list[int]:
     """Filters of levels 0..depth (the last is the bottleneck)."""
-    return [max(1, int(round(cfg.base_filters * cfg.growth**level))) for level in range(cfg.depth + 1)]
+    return [
+        max(1, int(round(cfg.base_filters * cfg.growth**level))) for level in range(cfg.depth + 1)
+    ]
+
+
+def _bad(key: str, rule: str, value: object) -> LesionsegError:
+    return LesionsegError(f"model.{key} must be {rule}, got {value!r}")
 
 
 def check_model_config(cfg: ModelConfig) -> None:
     """Raise a one-line :class:`LesionsegError` for an invalid ``[model]`` section."""
     if not isinstance(cfg.depth, int) or not MIN_DEPTH <= cfg.depth <= MAX_DEPTH:
-        raise LesionsegError(f"model.depth must be an integer in {MIN_DEPTH}..{MAX_DEPTH}, got {cfg.depth!r}")
+        raise _bad("depth", f"an integer in {MIN_DEPTH}..{MAX_DEPTH}", cfg.depth)
     if not isinstance(cfg.base_filters, int) or cfg.base_filters < 1:
-        raise LesionsegError(f"model.base_filters must be a positive integer, got {cfg.base_filters!r}")
+        raise _bad("base_filters", "a positive integer", cfg.base_filters)
     if not cfg.growth > 0:
-        raise LesionsegError(f"model.growth must be > 0, got {cfg.growth!r}")
-    if cfg.head not in HEADS:
-        raise LesionsegError(f"model.head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
-    if cfg.norm not in NORMS:
-        raise LesionsegError(f"model.norm must be one of {', '.join(NORMS)}, got {cfg.norm!r}")
+        raise _bad("growth", "> 0", cfg.growth)
+    for key, choices in (("head", HEADS), ("norm", NORMS), ("upsampling", UPSAMPLINGS)):
+        if getattr(cfg, key) not in choices:
+            raise _bad(key, f"one of {', '.join(choices)}", getattr(cfg, key))
     if cfg.activation not in ACTIVATIONS:
-        raise LesionsegError(
-            f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r} "
-            "(the head never has an activation: models emit logits)"
+        raise _bad(
+            "activation",
+            f"one of {', '.join(ACTIVATIONS)} (the head never has an activation: models emit "
+            "logits)",
+            cfg.activation,
         )
     if not 0.0 <= cfg.dropout < 1.0:
-        raise LesionsegError(f"model.dropout must be in [0, 1), got {cfg.dropout!r}")
-    if cfg.upsampling not in UPSAMPLINGS:
-        raise LesionsegError(f"model.upsampling must be one of {', '.join(UPSAMPLINGS)}, got {cfg.upsampling!r}")
+        raise _bad("dropout", "in [0, 1)", cfg.dropout)
 
 
 def check_patch_size(patch_size: tuple[int, ...], depth: int) -> None:
@@ -71,9 +76,10 @@ def check_patch_size(patch_size: tuple[int, ...], depth: int) -> None:
     factor = 2**depth
     sizes = tuple(patch_size)
     if len(sizes) != 3 or any(int(s) != s or s <= 0 or s % factor for s in sizes):
+        nearest = tuple(max(factor, factor * round(s / factor)) for s in sizes[:3])
         raise LesionsegError(
             f"patch size {sizes} must be 3 positive multiples of 2**depth = {factor} "
-            f"(model.depth = {depth}), e.g. {tuple(max(factor, factor * round(s / factor)) for s in sizes[:3])}"
+            f"(model.depth = {depth}), e.g. {nearest}"
         )
 
 
@@ -208,7 +214,8 @@ def assert_emits_logits(model: keras.Model, head: str | None = None) -> None:
         channels = model.outputs[0].shape[-1]
         if channels != k:
             raise LesionsegError(
-                f"model {model.name!r}: head {head!r} needs {k} output channel(s), model has {channels}"
+                f"model {model.name!r}: head {head!r} needs {k} output channel(s), "
+                f"model has {channels}"
             )
 
 

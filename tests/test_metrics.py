@@ -52,8 +52,8 @@ def test_metrics_match_numpy_pooled_over_batches(head):
         "mean_prob": p.mean(),
     }
     # pooled, not the mean of per-batch ratios (those differ here)
-    per_batch = [2 * np.sum(lesion_probability_numpy(z, head) * t) / (np.sum(lesion_probability_numpy(z, head)) + t.sum())
-                 for t, z in data]
+    probs = [(t, lesion_probability_numpy(z, head)) for t, z in data]
+    per_batch = [2 * np.sum(q * t) / (q.sum() + t.sum()) for t, q in probs]
     assert abs(np.mean(per_batch) - expected["soft_dice"]) > 1e-3
     for metric in make_metrics(head):
         for t, z in data:
