@@ -206,7 +206,20 @@ def _nan0(x: float) -> float:
     return 0.0 if x is None or not math.isfinite(x) else float(x)
 
 
-def validate(model: Any, cases: Sequence[Any], config: Config) -> ValidationResult:
+class _DirectPredictor:
+    """``predict_on_batch`` by a plain call: under a tf.distribute strategy Keras's
+    ``predict_on_batch`` splits the windows across replicas and returns them twice."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        from keras import ops
+
+        return np.asarray(ops.convert_to_numpy(self.model(batch, training=False)))
+
+
+def validate(model: Any, cases: Sequence[Any], config: Config, distributed: bool = False) -> ValidationResult:
     """Predict whole validation volumes and match their lesions (the infer + evaluate stages).
 
     Parameters
@@ -219,6 +232,8 @@ def validate(model: Any, cases: Sequence[Any], config: Config) -> ValidationResu
         ``[infer]`` (windows, overlap, threshold 0.5 unless set, size
         filter), ``[patches].size`` (window size), ``[model].head`` and
         ``[evaluate]`` (criterion, connectivity).
+    distributed : bool
+        The model was built under a ``tf.distribute`` strategy.
 
     Returns
     -------
@@ -231,8 +246,9 @@ def validate(model: Any, cases: Sequence[Any], config: Config) -> ValidationResu
     t0 = time.perf_counter()
     evaluations = []
     n_fg = n_vox = n_truth = 0
+    predictor = _DirectPredictor(model) if distributed else model
     for case in cases:
-        prob = predict_probability(model, case.image, config.infer, config.patches.size, config.model.head)
+        prob = predict_probability(predictor, case.image, config.infer, config.patches.size, config.model.head)
         pred = postprocess(prob, config.infer, case.grid.zooms, None)
         n_fg += int(pred.sum())
         n_vox += pred.size
@@ -298,6 +314,25 @@ def is_chief(strategy: Any) -> bool:
 def replicas(strategy: Any) -> int:
     """Replicas in sync (1 without a strategy)."""
     return 1 if strategy is None else int(strategy.num_replicas_in_sync)
+
+
+def replica_scaled(loss_fn: Any, n_replicas: int) -> Any:
+    """The loss divided by the number of replicas, for ``model.compile`` under a strategy.
+
+    Keras divides a per-voxel loss by the replica count before the
+    cross-replica gradient sum, but passes a scalar loss through unscaled
+    (``keras.losses.loss.reduce_values``); the region losses here are
+    scalars pooled over the (per-replica) batch, so without this the
+    gradients and the reported loss would be ``n_replicas`` times too large.
+    """
+    if n_replicas <= 1:
+        return loss_fn
+
+    def loss(y_true: Any, y_pred: Any) -> Any:
+        return loss_fn(y_true, y_pred) / float(n_replicas)
+
+    loss.__name__ = getattr(loss_fn, "name", "loss")
+    return loss
 
 
 def _scope(strategy: Any) -> contextlib.AbstractContextManager:
@@ -440,8 +475,10 @@ class _Run:
         state: RunState,
         history: list[dict[str, Any]],
         writes: bool,
+        distributed: bool = False,
     ) -> None:
         self.config = config
+        self.distributed = distributed
         self.cfg = config.train
         self.run_dir = run_dir
         self.sequence = sequence
@@ -494,7 +531,7 @@ class _Run:
         improved = False
         monitored = -row["loss"] if math.isfinite(row["loss"]) else -math.inf
         if self._validate_now(epoch):
-            val = validate(model, self.val_cases, self.config)
+            val = validate(model, self.val_cases, self.config, distributed=self.distributed)
             row.update(
                 val_dice=val.dice,
                 val_lesion_precision=val.lesion_precision,
@@ -509,7 +546,7 @@ class _Run:
             if val.over_segmented and _nan0(val.lesion_f1) > 0:
                 (log.debug if self.overseg_logged else log.info)(
                     "validation lesion F1 %.3f not used to select the model: %d predicted voxels, %.0fx the %d "
-                    "truth voxels (one blob touching every lesion)",
+                    "truth voxels (over-segmented: large predictions touch lesions by chance)",
                     val.lesion_f1,
                     val.pred_voxels,
                     val.pred_voxels / val.truth_voxels,
@@ -781,7 +818,7 @@ def _train(
         loss_fn = get_loss(config.loss.name, head, **dict(config.loss.params))
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-            loss=loss_fn,
+            loss=replica_scaled(loss_fn, replicas(strategy)),
             metrics=make_metrics(head) + diagnostic_metrics(head),
             jit_compile=_jit(backend),
         )
@@ -826,7 +863,7 @@ def _train(
 
     probe = _find_probe(sequence, state.epoch)
     diag = DiagnosticsCallback(monitor, probe=probe, loss_fn=loss_fn, enabled=cfg.diagnostics)
-    run = _Run(config, run_dir, sequence, val_cases, diag, state, history, writes)
+    run = _Run(config, run_dir, sequence, val_cases, diag, state, history, writes, distributed=strategy is not None)
     sequence.set_epoch(state.epoch)
     try:
         model.fit(

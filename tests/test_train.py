@@ -165,6 +165,50 @@ def test_huge_learning_rate_does_not_go_unnoticed(data, tmp_path, caplog):
     assert "learning rate" in caplog.text
 
 
+MIRRORED = """
+import functools, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+tf.distribute.MirroredStrategy = functools.partial(tf.distribute.MirroredStrategy, devices=["/cpu:0", "/cpu:1"])
+from lesionseg.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(data, tmp_path):
+    """train.strategy=mirrored: 2 replicas share the global batch; losses keep their scale."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "mirrored"
+    args = ["train", "--config", str(SMOKE), "--data", str(data), "--out", str(run), "--set", "train.strategy=mirrored"]
+    proc = subprocess.run([sys.executable, "-c", MIRRORED, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "on 2 replicas" in proc.stderr
+    rows = read_history(run / "history.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0.0 < r["loss"] <= 1.0 for r in rows)  # a Dice loss: not summed over the 2 replicas
+    assert (run / "model.keras").is_file() and (run / "validation" / "summary.csv").is_file()
+
+
+@pytest.mark.shared
+def test_one_epoch_on_a_real_exam_pair(shared_ms, tmp_path):
+    """pipelines/ms_flair_t1.toml on two real exams (train P18, validate lesjak07), shrunk to seconds."""
+    data = tmp_path / "pair"
+    data.mkdir()
+    for exam in ("lesjak_patient07", "mslesseg_P18_T1"):
+        (data / exam).symlink_to(shared_ms / exam)
+    run = tmp_path / "ms"
+    tiny = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=2", "model.base_filters=4", "infer.overlap=0"]
+    args = ["train", "--config", str(REPO / "pipelines" / "ms_flair_t1.toml"), "--data", str(data), "--out", str(run)]
+    assert main(args + [a for t in tiny for a in ("--set", t)]) == 0
+    (row,) = read_history(run / "history.csv")
+    assert row["val_TP"] + row["val_FN"] > 0 and math.isfinite(row["loss"])
+    with open(run / "split.csv") as fh:
+        assert {r["case"]: r["side"] for r in csv.DictReader(fh)} == {"lesjak_patient07": "val", "mslesseg_P18_T1": "train"}
+
+
 def test_bad_train_settings_are_config_errors(data, tmp_path):
     from lesionseg.train import _check_train_config, make_strategy, train
 
