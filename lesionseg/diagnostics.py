@@ -406,17 +406,19 @@ class OutputExtreme(keras.metrics.Metric):
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         y_pred = ops.cast(y_pred, "float32")
+        # read the variables as tensors: JAX cannot trace a variable passed to ops.where
+        value, seen = ops.convert_to_tensor(self.value), ops.convert_to_tensor(self.seen)
         if self.kind == "min":
             batch = ops.min(y_pred)
-            new = ops.where(self.seen > 0, ops.minimum(self.value, batch), batch)
+            new = ops.where(seen > 0, ops.minimum(value, batch), batch)
         else:
             batch = ops.max(y_pred)
-            new = ops.where(self.seen > 0, ops.maximum(self.value, batch), batch)
+            new = ops.where(seen > 0, ops.maximum(value, batch), batch)
         self.value.assign(new)
         self.seen.assign(1.0)
 
     def result(self) -> Any:
-        return self.value
+        return ops.convert_to_tensor(self.value)
 
     def reset_state(self) -> None:
         self.value.assign(0.0)
@@ -446,7 +448,8 @@ class _RatioMetric(keras.metrics.Metric):
         self.den.assign_add(ops.cast(den, "float32"))
 
     def result(self) -> Any:
-        return ops.where(self.den > 0, self.num / ops.maximum(self.den, 1e-12), float("nan"))
+        num, den = ops.convert_to_tensor(self.num), ops.convert_to_tensor(self.den)
+        return ops.where(den > 0, num / ops.maximum(den, 1e-12), ops.full_like(den, float("nan")))
 
     def reset_state(self) -> None:
         self.num.assign(0.0)
