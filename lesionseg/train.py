@@ -600,11 +600,12 @@ class _Run:
         cfg, st = self.cfg, self.state
         if not validated:
             return
+        step = max(1, cfg.validate_every) if self.val_cases else 1  # patience counts epochs, not validations
         if cfg.schedule == "plateau":
             if monitored > st.plateau_best + 1e-6:
                 st.plateau_best, st.plateau_wait = monitored, 0
             else:
-                st.plateau_wait += 1
+                st.plateau_wait += step
                 if st.plateau_wait >= cfg.plateau_patience and st.lr > cfg.min_learning_rate:
                     st.lr = max(st.lr * cfg.plateau_factor, cfg.min_learning_rate)
                     st.plateau_wait = 0
@@ -613,7 +614,7 @@ class _Run:
             if monitored > st.stop_best + 1e-6:
                 st.stop_best, st.stop_wait = monitored, 0
             else:
-                st.stop_wait += 1
+                st.stop_wait += step
                 if st.stop_wait >= cfg.early_stopping_patience:
                     log.info(
                         "early stopping at epoch %d: no improvement for %d epoch(s)", epoch, cfg.early_stopping_patience

@@ -235,6 +235,24 @@ def test_learning_rate_schedules():
     assert again == state
 
 
+def test_reduce_on_plateau_and_early_stopping(tmp_path):
+    from types import SimpleNamespace
+
+    from lesionseg.train import RunState, _Run
+
+    cfg = load_config(SMOKE, ["train.plateau_patience=2", "train.plateau_factor=0.5", "train.early_stopping_patience=4"])
+    run = _Run(cfg, tmp_path, None, ["a case"], SimpleNamespace(findings=[]), RunState(lr=1e-3), [], writes=False)
+    model = SimpleNamespace(stop_training=False)
+    lrs = []
+    for epoch, f1 in enumerate([0.2, 0.5, 0.4, 0.5, 0.3], 1):  # best at epoch 2, then 3 epochs without gain
+        run._schedule(model, epoch, f1, validated=True)
+        lrs.append(run.lr_for_epoch(epoch))
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4])
+    assert not model.stop_training
+    run._schedule(model, 6, 0.45, validated=True)
+    assert model.stop_training  # 4 epochs without improvement
+
+
 def test_history_round_trip_and_curves(tmp_path):
     rows = [
         {"epoch": 1, "loss": 0.9, "lr": 1e-3, "train_dice": 0.1, "val_lesion_f1": math.nan, "best": 0, "diagnostics": ""},
