@@ -388,6 +388,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise LesionsegError(f"config {where}: expected an integer, got {value!r}")
         return int(value)
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise LesionsegError(f"config {where}: expected a number, got {value!r}")
         return float(value)

@@ -29,8 +29,10 @@ def test_overrides_parse_values(tmp_path):
             "evaluate.overlays=true",
             "loss.name=focal_tversky",
             "loss.params.gamma=0.75",
+            "train.learning_rate=1e-4",
         ],
     )
+    assert cfg.train.learning_rate == 1e-4
     assert cfg.train.epochs == 5
     assert cfg.patches.size == (32, 32, 16)
     assert cfg.infer.threshold is None
