@@ -66,7 +66,10 @@ def run_lesionseg(args) -> dict:
     from lesionseg.model import build_unet
 
     cfg = ModelConfig(depth=2, base_filters=16, growth=2.0, head="sigmoid", norm="batch")
-    model = build_unet(cfg, args.channels, tuple(args.patch))
+    from lesionseg.model import inference_model
+
+    trained = build_unet(cfg, args.channels, tuple(args.patch))
+    model = inference_model(trained, cfg, args.precision)  # what `lesionseg infer` predicts with
     image = make_volume(args.shape, args.channels)
     rss_before = peak_rss_mib()
 
@@ -98,11 +101,11 @@ def run_lesionseg(args) -> dict:
     total_s = time.perf_counter() - t0
     assert prob.shape == tuple(args.shape) and prob.dtype == np.float32
     return {
-        "name": f"lesionseg (keras {backend})",
+        "name": f"lesionseg (keras {backend}, {args.precision})",
         "windows": n_windows[0],
         "total_s": total_s,
         "model_s": model_time[0],
-        "params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "params": int(sum(np.prod(w.shape) for w in trained.trainable_weights)),
         "rss_before_mib": rss_before,
         "peak_rss_mib": peak_rss_mib(),
     }
@@ -201,7 +204,7 @@ def run_monai(args) -> dict:
 # ---------------------------------------------------------------- driver
 
 
-def _child(side: str, args) -> dict | None:
+def _child(side: str, args, precision: str = "float32") -> dict | None:
     cmd = [
         sys.executable,
         __file__,
@@ -219,6 +222,8 @@ def _child(side: str, args) -> dict | None:
         str(args.batch),
         "--threads",
         str(args.threads),
+        "--precision",
+        precision,
     ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
@@ -246,6 +251,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--skip-monai", action="store_true", help="only lesionseg")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"], help=argparse.SUPPRESS)
+    p.add_argument("--bf16", action="store_true", help="also run lesionseg with infer.precision=bfloat16")
     p.add_argument("--only", choices=["lesionseg", "monai"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -271,6 +278,8 @@ def main(argv=None) -> int:
             print("MONAI/torch not installed (pip install '.[bench]'): lesionseg only")
     if have_monai:
         results.append(_child("monai", args))
+    if args.bf16:
+        results.append(_child("lesionseg", args, "bfloat16"))
     print("| pipeline | windows | trainable params | windows/s | total s | model s | stitching overhead | peak RSS GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
@@ -284,7 +293,7 @@ def main(argv=None) -> int:
         print(f"overhead {overhead:.2f} % (target < {TARGET_OVERHEAD_PCT} %): {'ok' if overhead < TARGET_OVERHEAD_PCT else 'MISSED'}")
         print(f"peak RSS {rss:.2f} GiB (target < {TARGET_RSS_GIB} GiB): {'ok' if rss < TARGET_RSS_GIB else 'MISSED'}")
         ok = overhead < TARGET_OVERHEAD_PCT and rss < TARGET_RSS_GIB
-        if len(results) > 1 and results[1]:
+        if have_monai and results[1]:
             speedup = (ours["windows"] / ours["total_s"]) / (results[1]["windows"] / results[1]["total_s"])
             print(f"throughput vs MONAI {speedup:.2f}× (target ≥ {TARGET_SPEEDUP}×): {'ok' if speedup >= TARGET_SPEEDUP else 'MISSED'}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")

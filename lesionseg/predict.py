@@ -112,6 +112,8 @@ def check_infer_config(cfg: InferConfig) -> None:
         raise LesionsegError(f"config infer.connectivity: must be 6, 18 or 26, got {cfg.connectivity}")
     if cfg.workers < 1:
         raise LesionsegError(f"config infer.workers: must be ≥ 1, got {cfg.workers}")
+    if cfg.precision not in ("float32", "bfloat16"):
+        raise LesionsegError(f"config infer.precision: must be float32 or bfloat16, got {cfg.precision!r}")
 
 
 def resolve_decision(infer_cfg: InferConfig, tuned: DecisionSettings | None = None) -> tuple[float, float]:
@@ -234,6 +236,26 @@ def postprocess(
 
 
 # ---------------------------------------------------------------- the stage
+
+
+def prepare_for_inference(model: Any, config: Config) -> Any:
+    """The model to predict with: batch norm folded, in ``infer.precision`` arithmetic.
+
+    See :func:`lesionseg.model.inference_model`; a model that was not built by
+    lesionseg's U-Net is used as it is.
+    """
+    from lesionseg.model import inference_model
+
+    try:
+        return inference_model(model, config.model, config.infer.precision)
+    except LesionsegError as exc:
+        if "infer.precision" in str(exc):
+            raise
+        log.debug("model used as loaded (%s)", exc)
+        return model
+    except (ValueError, KeyError) as exc:  # architecture differs from the config
+        log.debug("model used as loaded (%s)", exc)
+        return model
 
 
 def load_run_model(run_dir: str | Path) -> Any:
@@ -367,7 +389,7 @@ def _worker_predict(case_dir: Path, out_dir: Path) -> Path:
     if "model" not in _WORKER:  # loaded here, not in the initialiser, so errors reach the parent
         model = load_run_model(_WORKER["run_dir"])
         check_model(model, _WORKER["config"], _WORKER["run_dir"])
-        _WORKER["model"] = model
+        _WORKER["model"] = prepare_for_inference(model, _WORKER["config"])
         _WORKER["tuned"] = read_tuning(_WORKER["run_dir"])
     return predict_case(
         _WORKER["model"], case_dir, _WORKER["config"], out_dir, _WORKER["tuned"], show_progress=False
@@ -430,6 +452,7 @@ def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path
         configure_backend(threads)
         model = load_run_model(run_dir)
         check_model(model, config, run_dir)
+        model = prepare_for_inference(model, config)
         outputs = []
         for n, case_dir in enumerate(case_dirs, 1):
             log.info("case %d/%d: %s", n, len(case_dirs), case_dir.name)

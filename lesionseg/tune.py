@@ -267,7 +267,7 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
     -------
     TuningResult
     """
-    from lesionseg.predict import check_channels, check_infer_config
+    from lesionseg.predict import check_channels, check_infer_config, prepare_for_inference
     from lesionseg.runtime import configure_backend
 
     run_dir, data_dir = Path(run_dir), Path(data_dir)
@@ -278,6 +278,7 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
     configure_backend(0)
     model = load_run_model(run_dir)
     check_model(model, config, run_dir)
+    model = prepare_for_inference(model, config)
     margin = _crop_margin(config.evaluate)
     probs, truths, zooms, ids = [], [], [], []
     for n, case_dir in enumerate(case_dirs, 1):

@@ -259,3 +259,31 @@ def test_runs_unchanged_on_another_backend(backend, tmp_path):
         for head, logits in (("sigmoid", z), ("softmax", soft)):
             here = float(keras.ops.convert_to_numpy(get_loss(name, head)(y, logits)))
             assert result["values"][f"{name}/{head}"] == pytest.approx(here, rel=1e-5, abs=1e-7)
+
+
+def test_inference_model_folds_batch_norm_exactly():
+    """Folding BN into the convolutions keeps the logits (trained BN statistics)."""
+    import dataclasses
+
+    from lesionseg.config import ModelConfig
+    from lesionseg.model import build_unet, inference_model
+
+    cfg = ModelConfig(depth=2, base_filters=4, norm="batch")
+    model = build_unet(cfg, 2)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 1, n), rng.normal(0, 1, n), rng.uniform(0.3, 3, n)])
+    x = rng.standard_normal((2, 16, 16, 16, 2)).astype(np.float32)
+    folded = inference_model(model, cfg, "float32")
+    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in folded.layers)
+    np.testing.assert_allclose(folded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-4, rtol=1e-4)
+    fast = inference_model(model, cfg, "bfloat16")
+    out = np.asarray(fast.predict_on_batch(x))
+    assert out.dtype == np.float32
+    ref = np.asarray(model.predict_on_batch(x))
+    assert np.abs(out - ref).max() < 0.1 * max(1.0, np.abs(ref).max())
+    other = dataclasses.replace(cfg, norm="instance")
+    plain = build_unet(other, 2)
+    assert inference_model(plain, other, "float32") is plain
