@@ -53,6 +53,11 @@ tune: install  ## tune threshold and minimum lesion size of RUN on DATA
 evaluate: install  ## lesion-wise evaluation of PRED against DATA into OUT
 	$(LESIONSEG) evaluate --pred $(PRED) --truth $(DATA) --out $(OUT) --config $(CONFIG) $(SET)
 
+REPORTS ?= $(OUT)
+TABLE  ?= runs/compare.csv
+compare: install  ## side-by-side table of REPORTS (space-separated report folders) into TABLE
+	$(LESIONSEG) compare $(REPORTS) --out $(TABLE)
+
 samples: install  ## regenerate data_samples/ (deterministic)
 	$(LESIONSEG) samples --out data_samples
 

@@ -193,6 +193,12 @@ class CaseEvaluation:
 
 # --------------------------------------------------------------------------- helpers
 
+#: A prediction whose volume exceeds this multiple of the truth volume is
+#: over-segmented: one component covering the volume touches every truth
+#: lesion, which the ``any`` criterion credits as a perfect F1.  Model
+#: selection (training) and tuning never pick such a prediction on its F1.
+OVERSEGMENTATION = 10.0
+
 
 def ratio(num: float, den: float) -> float:
     """``num / den``, NaN when ``den`` is 0."""

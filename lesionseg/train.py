@@ -70,7 +70,7 @@ WEIGHTS_FILE = "last.npz"
 SCHEDULES = ("plateau", "cosine", "constant")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 #: a validation prediction above this multiple of the truth volume is not selected on its lesion F1
-OVERSEGMENTATION = 10.0
+from lesionseg.lesions import OVERSEGMENTATION  # noqa: E402
 
 
 class TrainingStopped(LesionsegError):

@@ -29,7 +29,7 @@ from lesionseg import io
 from lesionseg.config import Config, EvaluateConfig
 from lesionseg.errors import LesionsegError
 from lesionseg.inference import component_sizes, decide
-from lesionseg.lesions import evaluate_case, harmonic_f1, ratio
+from lesionseg.lesions import OVERSEGMENTATION, evaluate_case, harmonic_f1, ratio
 from lesionseg.predict import (
     TUNING_FILE,
     check_model,
@@ -54,6 +54,9 @@ TABLE_COLUMNS = (
     "lesion_recall",
     "lesion_f1",
     "dice_mean",
+    "pred_voxels",
+    "truth_voxels",
+    "over_segmented",
 )
 
 
@@ -153,7 +156,10 @@ def tune_threshold_and_size(
     TuningResult
         The best pair: highest pooled F1 (``Σ TP_pred / Σ n_pred`` and
         ``Σ TP / Σ GT``), then higher mean Dice, then smaller minimum size,
-        then the threshold closest to 0.5.
+        then the threshold closest to 0.5.  Pairs whose predicted volume
+        exceeds :data:`~lesionseg.lesions.OVERSEGMENTATION` × the truth
+        volume are not chosen on their F1 (one merged blob touching every
+        lesion scores F1 = 1 under ``any``), as in training's model selection.
 
     Raises
     ------
@@ -169,7 +175,7 @@ def tune_threshold_and_size(
     ts, ms = _check_grid(thresholds, min_sizes_mm3)
     eval_cfg = eval_cfg or EvaluateConfig()
     n_pairs = len(ts) * len(ms)
-    counts = np.zeros((n_pairs, 6), dtype=np.int64)  # GT, TP, FN, FP, n_pred, TP_pred
+    counts = np.zeros((n_pairs, 8), dtype=np.int64)  # GT, TP, FN, FP, n_pred, TP_pred, pred/truth voxels
     dices: list[list[float]] = [[] for _ in range(n_pairs)]
     margin = _crop_margin(eval_cfg)
     for prob, truth, zoom in zip(probs, truths, zooms):
@@ -194,24 +200,27 @@ def tune_threshold_and_size(
                 ev = last_eval
                 assert ev is not None
                 k = a * len(ms) + b
-                counts[k] += (ev.GT, ev.TP, ev.FN, ev.FP, ev.n_pred, ev.TP_pred)
+                pred_voxels = int(sizes[keep].sum())
+                counts[k] += (ev.GT, ev.TP, ev.FN, ev.FP, ev.n_pred, ev.TP_pred, pred_voxels, int(truth.sum()))
                 if not math.isnan(ev.dice):
                     dices[k].append(ev.dice)
     rows = []
     for a, t in enumerate(ts):
         for b, m in enumerate(ms):
             k = a * len(ms) + b
-            gt, tp, fn, fp, n_pred, tp_pred = (int(v) for v in counts[k])
+            gt, tp, fn, fp, n_pred, tp_pred, pred_vox, truth_vox = (int(v) for v in counts[k])
             precision, recall = ratio(tp_pred, n_pred), ratio(tp, gt)
+            over = truth_vox > 0 and pred_vox > OVERSEGMENTATION * truth_vox
             rows.append(
                 (t, m, gt, tp, fn, fp, n_pred, tp_pred, precision, recall, harmonic_f1(precision, recall),
-                 float(np.mean(dices[k])) if dices[k] else math.nan)
+                 float(np.mean(dices[k])) if dices[k] else math.nan, pred_vox, truth_vox, over)
             )
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
-    def key(row: tuple) -> tuple[float, float, float, float]:
+    def key(row: tuple) -> tuple[bool, float, float, float, float]:
         f1, dice = row[10], row[11]
         return (
+            not row[14],  # an over-segmented pair only wins when every pair is
             -1.0 if math.isnan(f1) else f1,
             -1.0 if math.isnan(dice) else dice,
             -row[1],

@@ -176,3 +176,21 @@ def test_tune_needs_masks(tiny_run):
     (data / "c2" / "lesion_mask.nii.gz").unlink()
     assert main(["-q", "tune", "--model", str(run), "--data", str(data)]) == 1
     assert not (run / "tuning.json").exists()
+
+
+def test_tuning_never_picks_one_merged_blob_over_real_detections():
+    """A low threshold merging everything into one blob touches every lesion (F1 = 1 under ``any``)."""
+    from lesionseg.tune import tune_threshold_and_size
+
+    truth = np.zeros((40, 40, 40), np.uint8)
+    for c in (8, 20, 32):
+        truth[c - 1 : c + 2, 18:21, 18:21] = 1
+    prob = np.zeros(truth.shape, np.float32)
+    prob[2:38, 2:38, 2:38] = 0.25  # a huge faint region around every lesion
+    prob[7:10, 18:21, 18:21] = 0.9
+    prob[19:22, 18:21, 18:21] = 0.9
+    result = tune_threshold_and_size([prob], [truth], [(1.0, 1.0, 1.0)], [0.2, 0.5], [0.0])
+    blob = result.table[result.table.threshold == 0.2].iloc[0]
+    assert blob.lesion_f1 == 1.0 and bool(blob.over_segmented)
+    assert result.threshold == 0.5
+    assert result.lesion_f1 == pytest.approx(0.8)
