@@ -281,6 +281,11 @@ class InferConfig:
         norm is folded into the convolutions, same logits to ~1e-5);
         ``bfloat16`` is about 2× faster on CPUs with AVX512-BF16/AMX and on
         GPUs, with probabilities differing by ~1e-2.
+    crop_to_foreground : bool
+        Predict only the bounding box of the non-zero voxels (the brain of
+        a skull-stripped scan, about half of a 1 mm MNI volume) and write
+        probability 0 outside it.  An image without zero voxels is
+        predicted whole either way.
     """
 
     overlap: float = 0.5
@@ -294,6 +299,7 @@ class InferConfig:
     tune_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     tune_min_sizes_mm3: tuple[float, ...] = (0.0, 3.0, 5.0, 10.0, 20.0, 50.0)
     precision: str = "float32"
+    crop_to_foreground: bool = True
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from lesionseg.inference import (
     BLENDS,
     CONNECTIVITIES,
     decide,
+    predict_volume_cropped,
     predict_volume_tta,
     remove_small_components,
 )
@@ -192,7 +193,8 @@ def predict_probability(
     numpy.ndarray
         (D, H, W) float32 lesion probability in [0, 1].
     """
-    prob = predict_volume_tta(
+    predict = predict_volume_cropped if infer_cfg.crop_to_foreground else predict_volume_tta
+    prob = predict(
         image_normalised,
         make_predict_fn(model, head),
         patch_size=tuple(patch_size),

@@ -12,8 +12,10 @@ from lesionseg.heads import lesion_probability_numpy
 from lesionseg.inference import (
     decide,
     flip_combinations,
+    foreground_box,
     gaussian_weights,
     predict_volume,
+    predict_volume_cropped,
     predict_volume_tta,
     remove_small_components,
     window_starts,
@@ -300,3 +302,66 @@ def test_no_minimum_keeps_everything():
     m = _blobs() * 3
     out = remove_small_components(m, 0.0, (1, 1, 1))
     np.testing.assert_array_equal(out, (m > 0).astype(np.uint8))
+
+
+# ---------------------------------------------------------------- foreground crop
+
+
+def _brain_in_a_box() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    image = np.zeros((40, 44, 36, 2), np.float32)
+    image[9:30, 12:35, 5:20] = rng.standard_normal((21, 23, 15, 2)).astype(np.float32) + 0.1
+    image[9:30, 12:35, 5:20][rng.random((21, 23, 15)) < 0.2] = 0  # zeros inside the brain stay inside
+    return image
+
+
+def test_foreground_box_is_the_non_zero_bounding_box_with_margin():
+    image = _brain_in_a_box()
+    assert foreground_box(image) == (slice(9, 30), slice(12, 35), slice(5, 20))
+    assert foreground_box(image, margin=6) == (slice(3, 36), slice(6, 41), slice(0, 26))
+    assert foreground_box(np.zeros((4, 4, 4, 1), np.float32)) is None
+
+
+def test_cropped_identity_returns_the_input_and_runs_fewer_windows():
+    image = _brain_in_a_box()
+    seen = []
+
+    def spy(batch):
+        seen.append(len(batch))
+        return batch.copy()
+
+    out = predict_volume_cropped(image, spy, (8, 8, 8), overlap=0.5, blend="uniform", batch_size=4)
+    np.testing.assert_allclose(out, image, rtol=1e-6, atol=1e-6)  # zeros outside the box: the identity too
+    cropped = sum(seen)
+    seen.clear()
+    predict_volume(image, spy, (8, 8, 8), overlap=0.5, blend="uniform", batch_size=4)
+    assert cropped < sum(seen) / 2
+
+
+def test_cropped_prediction_is_zero_outside_the_box_and_matches_inside():
+    image = _brain_in_a_box()
+
+    def lesion_everywhere(batch):
+        return np.ones((*batch.shape[:4], 1), np.float32)
+
+    out = predict_volume_cropped(image, lesion_everywhere, (8, 8, 8), overlap=0.5, margin=2)
+    box = foreground_box(image, 2)
+    np.testing.assert_allclose(out[box], 1.0, rtol=1e-6)
+    outside = np.ones(image.shape[:3], bool)
+    outside[box] = False
+    assert outside.any() and not out[outside].any()
+
+
+def test_cropping_an_image_without_zeros_is_the_whole_prediction():
+    image = np.random.default_rng(4).standard_normal((17, 13, 11, 1)).astype(np.float32) + 10
+    a = predict_volume_cropped(image, identity, (8, 6, 5), overlap=0.5)
+    b = predict_volume(image, identity, (8, 6, 5), overlap=0.5)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_an_all_zero_image_predicts_nothing_without_running_the_model():
+    def fail(batch):
+        raise AssertionError("the model should not run on an empty image")
+
+    out = predict_volume_cropped(np.zeros((12, 12, 12, 2), np.float32), fail, (8, 8, 8))
+    assert out.shape == (12, 12, 12, 1) and not out.any()
