@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import keras
@@ -33,7 +34,7 @@ import numpy as np
 from lesionseg.augment import augment_patch, check_augment_config
 from lesionseg.config import AugmentConfig, Config, PatchConfig
 from lesionseg.io import Grid, read_case
-from lesionseg.normalize import foreground_mask, normalize_image
+from lesionseg.normalize import foreground_mask, normalize_image, saturated_fraction
 from lesionseg.sampling import (
     AUGMENT_STREAM,
     LesionTable,
@@ -89,6 +90,29 @@ class PreparedCase:
         return int(self.image.nbytes + self.mask.nbytes + self.lesions.nbytes)
 
 
+SATURATION_WARNING = 0.10
+
+
+def warn_saturated_lesions(case: Any, normalization: str, clip_percentiles: tuple[float, float]) -> None:
+    """Log a warning when the intensity clipping flattens ≥ 10 % of a case's lesion voxels."""
+    if normalization == "none" or case.mask is None or tuple(clip_percentiles) == (0.0, 100.0):
+        return
+    for c, name in enumerate(case.channels):
+        low, high = saturated_fraction(case.image[..., c], case.mask, clip_percentiles)
+        for share, side in ((high, "upper"), (low, "lower")):
+            if share >= SATURATION_WARNING:
+                log.warning(
+                    "%s: %.0f %% of the lesion voxels of %s sit at the %s clip value "
+                    "(data.clip_percentiles=%s) and lose their contrast; "
+                    "--set data.clip_percentiles=[0,100] keeps it",
+                    case.case_id,
+                    100 * share,
+                    name,
+                    side,
+                    list(clip_percentiles),
+                )
+
+
 def prepare_case(config: Config, case_dir: Path) -> PreparedCase:
     """Read, normalise and index one case (see :func:`load_cases`)."""
     data = config.data
@@ -103,6 +127,7 @@ def prepare_case(config: Config, case_dir: Path) -> PreparedCase:
     for c in range(case.image.shape[-1]):
         brain |= foreground_mask(case.image[..., c])
     image = normalize_image(case.image, data.normalization, data.clip_percentiles)
+    warn_saturated_lesions(case, data.normalization, data.clip_percentiles)
     table = index_lesions(case.mask, config.patches.connectivity, brain)
     return PreparedCase(
         case_id=case.case_id,

@@ -65,6 +65,47 @@ def normalize_channel(
     return out.astype(np.float32, copy=False)
 
 
+def saturated_fraction(
+    channel: np.ndarray,
+    mask: np.ndarray,
+    clip_percentiles: tuple[float, float] = (0.5, 99.5),
+) -> tuple[float, float]:
+    """Share of the lesion voxels that the percentile clipping flattens.
+
+    Lesions are the brightest (FLAIR) or darkest (T1 black holes) voxels of
+    an exam: when they are a larger share of the brain than the clipped
+    tail, clipping gives them all one value and the contrast between
+    lesion and other bright tissue is gone (an exam with 1 ml of lesions in
+    a 1.5 l brain has them inside the top 0.5 %).
+
+    Parameters
+    ----------
+    channel : numpy.ndarray
+        (D, H, W) raw intensities.
+    mask : numpy.ndarray
+        (D, H, W) lesion mask (non-zero = lesion).
+    clip_percentiles : tuple of float
+        As :func:`normalize_channel`.
+
+    Returns
+    -------
+    tuple of float
+        Fractions of lesion voxels at or below the lower and at or above the
+        upper clip value (0 where that side does not clip or there is no
+        lesion).
+    """
+    x = np.asarray(channel, dtype=np.float32)
+    lesion = np.asarray(mask) != 0
+    if not lesion.any():
+        return 0.0, 0.0
+    lo_p, hi_p = clip_percentiles
+    lo, hi = np.percentile(x[foreground_mask(x)], clip_percentiles)
+    values = x[lesion]
+    low = float(np.mean(values <= lo)) if lo_p > 0 else 0.0
+    high = float(np.mean(values >= hi)) if hi_p < 100 else 0.0
+    return low, high
+
+
 def normalize_image(
     image: np.ndarray,
     method: str = "zscore",

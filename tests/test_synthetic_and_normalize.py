@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lesionseg.cli import main
-from lesionseg.normalize import normalize_channel, normalize_image
+from lesionseg.normalize import normalize_channel, normalize_image, saturated_fraction
 from lesionseg.synthetic import SAMPLE_CASES, generate_case, write_samples
 
 
@@ -74,3 +74,50 @@ def test_normalize_image_per_channel():
     out = normalize_image(img, "zscore", (0, 100))
     assert out.shape == img.shape and out.dtype == np.float32
     np.testing.assert_allclose(out.reshape(-1, 2).std(0), [1, 1], rtol=1e-3)
+
+
+def _brain_with_bright_lesions(n_lesion: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    flair = np.zeros((40, 40, 40), np.float32)
+    flair[5:35, 5:35, 5:35] = rng.normal(100, 10, (30, 30, 30))
+    mask = np.zeros(flair.shape, np.uint8)
+    idx = np.argwhere(flair > 0)[rng.choice(27000, n_lesion, replace=False)]
+    mask[tuple(idx.T)] = 1
+    flair[mask > 0] = rng.normal(200, 5, n_lesion)  # lesions: the brightest voxels of the brain
+    return flair, mask
+
+
+def test_clipping_at_99_5_flattens_the_lesions_of_a_low_load_exam():
+    flair, mask = _brain_with_bright_lesions(30)  # 0.1 % of the brain, inside the clipped top 0.5 %
+    low, high = saturated_fraction(flair, mask, (0.5, 99.5))
+    assert low == 0.0 and high == 1.0
+    assert len(np.unique(normalize_channel(flair, "zscore", (0.5, 99.5))[mask > 0])) == 1
+    assert saturated_fraction(flair, mask, (0.0, 100.0)) == (0.0, 0.0)
+    assert len(np.unique(normalize_channel(flair, "zscore", (0.0, 100.0))[mask > 0])) == 30
+
+
+def test_high_lesion_load_is_not_flattened():
+    flair, mask = _brain_with_bright_lesions(2700)  # 10 % of the brain
+    assert saturated_fraction(flair, mask, (0.5, 99.5))[1] < 0.1
+    assert saturated_fraction(flair, np.zeros_like(mask)) == (0.0, 0.0)
+
+
+def test_training_warns_when_clipping_flattens_lesions(tmp_path, caplog):
+    import logging
+
+    from conftest import write_nifti
+
+    from lesionseg.config import load_config
+    from lesionseg.dataset import prepare_case
+
+    flair, mask = _brain_with_bright_lesions(30)
+    for name, arr in (("flair", flair), ("t1", 200 - flair * (flair > 0)), ("lesion_mask", mask)):
+        write_nifti(tmp_path / "c1" / f"{name}.nii.gz", arr)
+    config = load_config(None, ["data.clip_percentiles=[0.5,99.5]"])
+    with caplog.at_level(logging.WARNING, logger="lesionseg"):
+        prepare_case(config, tmp_path / "c1")
+    assert "c1: 100 % of the lesion voxels of flair sit at the upper clip value" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lesionseg"):
+        prepare_case(load_config(None, ["data.clip_percentiles=[0,100]"]), tmp_path / "c1")
+    assert "clip value" not in caplog.text
