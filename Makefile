@@ -13,7 +13,7 @@ SET    ?=
 LESIONSEG := $(BIN)/lesionseg
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo check patches train infer tune evaluate compare samples bench clean
+.PHONY: install test demo check patches train infer tune evaluate compare samples bench clean train-ms crossval-ms study-ms verify-ms
 
 install: $(STAMP)  ## create the virtual environment and install lesionseg (+ test tools)
 
@@ -63,6 +63,23 @@ samples: install  ## regenerate data_samples/ (deterministic)
 
 bench: install  ## run the benchmarks in bench/
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Real data (../shared/data/ms_lesions, 6 MS exams of 4 patients): see pipelines/ms_experiments.py
+MS := $(BIN)/python pipelines/ms_experiments.py
+train-ms: install  ## real MS exams: train, tune, infer, evaluate fold A (runs/ms/foldA; the shipped model's recipe)
+	$(MS) fold A $(SET)
+
+crossval-ms: install  ## real MS exams: both folds, then the per-exam table (runs/ms_per_exam.csv)
+	$(MS) fold A $(SET)
+	$(MS) fold B $(SET)
+	$(MS) tables
+
+study-ms: install  ## real MS exams: the loss study on fold A, then its compare table (runs/ms_loss_study.csv)
+	$(MS) study $(SET)
+	$(MS) tables
+
+verify-ms: install  ## the shipped models/ms_flair_t1 on its held-out exams: the model card's figures
+	$(MS) verify
 
 clean:
 	rm -rf runs .pytest_cache

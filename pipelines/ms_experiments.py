@@ -1,0 +1,237 @@
+"""Real-data experiments on ../shared/data/ms_lesions: the cross-validated model and the loss study.
+
+Every step goes through the ``lesionseg`` command line, exactly as a user would run it::
+
+    python pipelines/ms_experiments.py fold A          # train, tune, infer, evaluate fold A -> runs/ms/foldA
+    python pipelines/ms_experiments.py fold B          # the other fold -> runs/ms/foldB
+    python pipelines/ms_experiments.py study           # one run per loss on fold A -> runs/ms_study/<loss>
+    python pipelines/ms_experiments.py tables          # per-exam and loss tables (Markdown + CSV)
+    python pipelines/ms_experiments.py ship            # runs/ms/foldA -> models/ms_flair_t1
+    python pipelines/ms_experiments.py verify          # the shipped model on its held-out exams = its card
+
+The 6 exams are 4 patients (the three ``mslesseg_P14_*`` exams are one patient), so the split is by
+patient.  Two folds, each holding out one patient of each source; every exam is validated exactly once:
+
+    fold A: validate lesjak_patient07 + mslesseg_P18_T1 (40 lesions), train on the other 4 exams
+    fold B: validate lesjak_patient19 + mslesseg_P14_T1/T2/T3, train on the other 2 exams
+
+Per fold: ``lesionseg train`` on the training exams for a fixed budget (no validation during training,
+the last epoch is kept: no model selection on the figures we publish), ``lesionseg tune`` (threshold and
+minimum lesion size for lesion F1) on the held-out exams, ``lesionseg infer`` + ``lesionseg evaluate``
+on them.  Because the tuning sees the held-out exams, the report at the untuned decision (threshold 0.5,
+no size filter) is written as well (``report_untuned``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "ms_lesions"
+CONFIG = ROOT / "pipelines" / "ms_flair_t1.toml"
+LESIONSEG = [sys.executable, "-m", "lesionseg"]
+
+FOLDS = {
+    "A": ("lesjak_patient07", "mslesseg_P18_T1"),
+    "B": ("lesjak_patient19", "mslesseg_P14_T1", "mslesseg_P14_T2", "mslesseg_P14_T3"),
+}
+
+# The loss study: same network, patches and budget; only the loss (and for two of them the head) changes.
+STUDY = {
+    "dice": [],
+    "bce": [],
+    "focal": [],
+    "tversky": [],
+    "focal_tversky": [],
+    "combo": [],
+    "symmetric_unified_focal": [],
+    "asymmetric_unified_focal": [],
+    "dice_softmax": ["model.head=softmax"],
+    "asymmetric_unified_focal_softmax": ["model.head=softmax"],
+}
+STUDY_BUDGET = ["train.epochs=10", "train.steps_per_epoch=25"]
+
+
+def run(cmd: list[str], log: Path | None = None) -> None:
+    """Run one command, echoing it; stop the experiment on failure."""
+    print("+", " ".join(cmd[2:] if cmd[:2] == LESIONSEG[:2] else cmd), flush=True)
+    t0 = time.time()
+    with open(log, "a") if log else open(os.devnull, "w") as sink:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=sink if log else None, stderr=subprocess.STDOUT if log else None)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}) after {time.time() - t0:.0f} s: {' '.join(cmd)}")
+    print(f"  done in {time.time() - t0:.0f} s", flush=True)
+
+
+def case_folder(target: Path, cases: list[str]) -> Path:
+    """A folder of links to the chosen exams (lesionseg reads every case of a folder)."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for case in cases:
+        (target / case).symlink_to(DATA / case, target_is_directory=True)
+    return target
+
+
+def split(fold: str) -> tuple[list[str], list[str]]:
+    """Training and validation exams of a fold."""
+    val = list(FOLDS[fold])
+    train = sorted(p.name for p in DATA.iterdir() if p.is_dir() and p.name not in val)
+    return train, val
+
+
+def untuned_predictions(prob_dir: Path, out_dir: Path) -> None:
+    """Threshold 0.5 and no size filter, from the probability maps ``lesionseg infer`` wrote."""
+    import nibabel as nib
+    import numpy as np
+
+    from lesionseg.inference import decide
+    from lesionseg.io import write_like
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(prob_dir.glob("*_prob.nii.gz")):
+        img = nib.load(path)
+        pred = decide(np.asarray(img.dataobj, dtype=np.float32), 0.5)
+        name = path.name.replace("_prob.nii.gz", "_pred.nii.gz")
+        write_like(out_dir / name, pred, img.affine, img.header, np.uint8)
+
+
+def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool) -> None:
+    """Train on the fold's training exams, then (tune,) infer and evaluate its held-out exams."""
+    train_cases, val_cases = split(fold)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f"{run_dir.name}.log"
+    train_dir = case_folder(run_dir / "cases_train", train_cases)
+    val_dir = case_folder(run_dir / "cases_val", val_cases)
+    extra = [x for s in ["train.val_fraction=0", *sets] for x in ("--set", s)]
+    print(f"[{run_dir.name}] train on {', '.join(train_cases)}; validate on {', '.join(val_cases)}", flush=True)
+    run([*LESIONSEG, "train", "--config", str(CONFIG), "--data", str(train_dir), "--out", str(run_dir), *extra], log)
+    if tune:
+        run([*LESIONSEG, "tune", "--model", str(run_dir), "--data", str(val_dir)], log)
+    run([*LESIONSEG, "infer", "--model", str(run_dir), "--input", str(val_dir), "--out", str(run_dir / "pred")], log)
+    run([*LESIONSEG, "evaluate", "--pred", str(run_dir / "pred"), "--truth", str(val_dir),
+         "--out", str(run_dir / "report"), "--config", str(CONFIG)], log)
+    if tune:
+        untuned_predictions(run_dir / "pred", run_dir / "pred_untuned")
+        run([*LESIONSEG, "evaluate", "--pred", str(run_dir / "pred_untuned"), "--truth", str(val_dir),
+             "--out", str(run_dir / "report_untuned"), "--config", str(CONFIG)], log)
+
+
+def cmd_fold(args: argparse.Namespace) -> None:
+    train_and_evaluate(Path(args.out) / f"fold{args.fold}", args.fold, args.set, tune=True)
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    names = args.losses or list(STUDY)
+    for name in names:
+        loss = name.removesuffix("_softmax")
+        sets = [f"loss.name={loss}", *STUDY[name], *STUDY_BUDGET, *args.set]
+        run_dir = Path(args.out) / name
+        if (run_dir / "report" / "summary.csv").is_file() and not args.force:
+            print(f"[{name}] done already ({run_dir}/report)")
+            continue
+        train_and_evaluate(run_dir, "A", sets, tune=False)
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from lesionseg.report import to_markdown
+
+    out = Path(args.out)
+    rows = []
+    for fold in FOLDS:
+        for report in ("report", "report_untuned"):
+            cases = Path(args.folds) / f"fold{fold}" / report / "cases.csv"
+            if cases.is_file():
+                df = pd.read_csv(cases)
+                df.insert(0, "decision", "tuned" if report == "report" else "0.5, no size filter")
+                df.insert(0, "fold", fold)
+                rows.append(df)
+    if rows:
+        table = pd.concat(rows, ignore_index=True)
+        keep = ["fold", "decision", "case", "GT", "TP", "FP", "FN", "lesion_precision", "lesion_recall",
+                "lesion_f1", "dice"]
+        table = table[[c for c in keep if c in table.columns]]
+        table.to_csv(out / "ms_per_exam.csv", index=False)
+        print(to_markdown(table))
+    studies = sorted(p for p in Path(args.study).glob("*/report") if (p / "summary.csv").is_file())
+    if studies:
+        run([*LESIONSEG, "compare", "--out", str(out / "ms_loss_study.csv"), *map(str, studies)])
+
+
+SHIPPED_FILES = ("model.keras", "config.yaml", "tuning.json", "history.csv", "curves.png", "split.csv")
+
+
+def cmd_ship(args: argparse.Namespace) -> None:
+    src, dst = Path(args.run), Path(args.to)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    (dst / "validation").mkdir(exist_ok=True)
+    for name in ("cases.csv", "summary.csv"):
+        shutil.copy2(src / "report" / name, dst / "validation" / name)
+    print(f"copied the model of {src} and its held-out report to {dst}")
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    """Run the shipped model through infer + evaluate on its held-out exams; compare with its card."""
+    import pandas as pd
+
+    model, out = Path(args.model), Path(args.out)
+    val_dir = case_folder(out / "cases_val", list(FOLDS["A"]))
+    run([*LESIONSEG, "infer", "--model", str(model), "--input", str(val_dir), "--out", str(out / "pred")])
+    run([*LESIONSEG, "evaluate", "--pred", str(out / "pred"), "--truth", str(val_dir), "--out", str(out / "report"),
+         "--config", str(CONFIG)])
+    cols = ["case", "GT", "TP", "FP", "FN", "lesion_f1", "dice"]
+    got = pd.read_csv(out / "report" / "cases.csv")[cols]
+    card = pd.read_csv(model / "validation" / "cases.csv")[cols]
+    print(got.to_string(index=False))
+    same = got[cols[:5]].equals(card[cols[:5]]) and ((got[cols[5:]] - card[cols[5:]]).abs().max().max() < 1e-3)
+    print("same figures as the model card" if same else "DIFFERENT figures from the model card:\n" + card.to_string())
+    if not same:
+        sys.exit(1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fold", help="train, tune, infer, evaluate one fold")
+    f.add_argument("fold", choices=sorted(FOLDS))
+    f.add_argument("--out", default="runs/ms")
+    f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    f.set_defaults(func=cmd_fold)
+    s = sub.add_parser("study", help="one run per loss on fold A")
+    s.add_argument("losses", nargs="*", help=f"subset of: {', '.join(STUDY)}")
+    s.add_argument("--out", default="runs/ms_study")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    s.add_argument("--force", action="store_true", help="redo runs that have a report already")
+    s.set_defaults(func=cmd_study)
+    t = sub.add_parser("tables", help="per-exam table of the folds and the loss-study comparison")
+    t.add_argument("--folds", default="runs/ms")
+    t.add_argument("--study", default="runs/ms_study")
+    t.add_argument("--out", default="runs")
+    t.set_defaults(func=cmd_tables)
+    c = sub.add_parser("ship", help="copy a fold's model into models/")
+    c.add_argument("--run", default="runs/ms/foldA")
+    c.add_argument("--to", default="models/ms_flair_t1")
+    c.set_defaults(func=cmd_ship)
+    v = sub.add_parser("verify", help="the shipped model on its held-out exams, against its model card")
+    v.add_argument("--model", default="models/ms_flair_t1")
+    v.add_argument("--out", default="runs/ms_shipped")
+    v.set_defaults(func=cmd_verify)
+    args = p.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"{DATA}: missing (the shared MS exams sit beside the repository)")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
