@@ -1,0 +1,85 @@
+"""The pretrained model shipped in models/ms_flair_t1: it loads, emits logits, and finds real lesions.
+
+The inference check runs on a cropped real exam the model was not trained on (fold A's held-out
+lesjak_patient07), so it takes seconds; it is skipped where ../shared is absent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lesionseg.cli import main
+from lesionseg.config import load_config
+from conftest import REPO, write_nifti
+
+MODEL = REPO / "models" / "ms_flair_t1"
+HELD_OUT = "lesjak_patient07"  # not among the shipped model's training exams (see its split.csv)
+
+
+def test_the_shipped_model_is_complete_and_small():
+    for name in ("model.keras", "config.yaml", "tuning.json", "MODEL_CARD.md", "split.csv"):
+        assert (MODEL / name).is_file(), f"models/ms_flair_t1/{name} missing"
+    size = sum(p.stat().st_size for p in MODEL.rglob("*") if p.is_file())
+    assert size < 20 * 2**20
+    config = load_config(MODEL / "config.yaml")
+    assert config.data.channels == ("flair", "t1")
+    tuning = json.loads((MODEL / "tuning.json").read_text())
+    assert 0 < tuning["threshold"] < 1 and tuning["min_lesion_mm3"] >= 0
+
+
+def test_the_held_out_exam_was_not_trained_on():
+    import pandas as pd
+
+    split = pd.read_csv(MODEL / "split.csv")
+    assert HELD_OUT not in set(split["case"])
+    assert not split["case"].str.startswith("mslesseg_P18").any()
+
+
+def test_the_shipped_model_emits_logits():
+    from lesionseg.model import assert_emits_logits
+    from lesionseg.predict import load_run_model
+
+    assert_emits_logits(load_run_model(MODEL))
+
+
+def _crop(shared_ms: Path, out: Path, size: int = 80) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A size³ crop of the held-out exam around its largest lesion cluster, as a case folder."""
+    src = shared_ms / HELD_OUT
+    mask = np.asarray(nib.load(src / "lesion_mask.nii.gz").dataobj) > 0
+    centre = np.round(np.argwhere(mask).mean(axis=0)).astype(int)
+    lo = [int(np.clip(c - size // 2, 0, s - size)) for c, s in zip(centre, mask.shape)]
+    box = tuple(slice(a, a + size) for a in lo)
+    affine = nib.load(src / "flair.nii.gz").affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ np.array(lo)
+    case = out / "cropped" / HELD_OUT
+    for name in ("flair", "t1", "lesion_mask"):
+        data = np.asarray(nib.load(src / f"{name}.nii.gz").dataobj)[box]
+        write_nifti(case / f"{name}.nii.gz", data, affine)
+    return case.parent, mask[box], affine
+
+
+def test_the_shipped_model_finds_lesions_of_an_exam_it_never_saw(shared_ms, tmp_path):
+    data, truth, affine = _crop(shared_ms, tmp_path)
+    assert truth.sum() > 0
+    assert main(["infer", "--model", str(MODEL), "--input", str(data), "--out", str(tmp_path / "pred")]) == 0
+    img = nib.load(tmp_path / "pred" / f"{HELD_OUT}_pred.nii.gz")
+    pred = np.asarray(img.dataobj) > 0
+    np.testing.assert_array_equal(img.affine, affine)
+    assert pred.shape == truth.shape
+    # it finds real lesion voxels without painting the brain (its card says it over-segments: ~20x here)
+    assert np.logical_and(pred, truth).sum() > 0.2 * truth.sum()
+    brain = np.asarray(nib.load(data / HELD_OUT / "flair.nii.gz").dataobj) != 0
+    assert pred.sum() < 0.2 * brain.sum()
+    # the decision stored with the model was applied: no component below its minimum lesion size
+    import cc3d
+
+    tuned = json.loads((MODEL / "tuning.json").read_text())
+    sizes = np.bincount(cc3d.connected_components(pred, connectivity=26).ravel())[1:]
+    assert sizes.size and sizes.min() >= tuned["min_lesion_mm3"]
+    prob = np.asarray(nib.load(tmp_path / "pred" / f"{HELD_OUT}_prob.nii.gz").dataobj)
+    assert 0.0 <= prob.min() and prob.max() <= 1.0 and prob.max() > tuned["threshold"]
