@@ -404,20 +404,11 @@ def predict_volume_cropped(
     box = foreground_box(image, margin)
     if box is None:
         return np.zeros((*image.shape[:3], 1), dtype=np.float32)
-    if all(b.start == 0 and b.stop == n for b, n in zip(box, image.shape[:3])):
-        return predict_volume_tta(
-            image, predict_fn, patch_size, overlap, blend, batch_size, flip_axes, progress=progress
-        )
-    inner = predict_volume_tta(
-        np.ascontiguousarray(image[box]),
-        predict_fn,
-        patch_size,
-        overlap,
-        blend,
-        batch_size,
-        flip_axes,
-        progress=progress,
-    )
+    whole = all(b.start == 0 and b.stop == n for b, n in zip(box, image.shape[:3]))
+    region = image if whole else np.ascontiguousarray(image[box])
+    inner = predict_volume_tta(region, predict_fn, patch_size, overlap, blend, batch_size, flip_axes, progress=progress)
+    if whole:
+        return inner
     out = np.zeros((*image.shape[:3], inner.shape[-1]), dtype=np.float32)
     out[box] = inner
     return out
