@@ -75,7 +75,7 @@ crossval-ms: install  ## real MS exams: both folds, then the per-exam table (run
 	$(MS) tables
 
 study-ms: install  ## real MS exams: the loss study on fold A, then its compare table (runs/ms_loss_study.csv)
-	$(MS) study $(SET)
+	$(MS) study --tune $(SET)
 	$(MS) tables
 
 verify-ms: install  ## the shipped models/ms_flair_t1 on its held-out exams: the model card's figures

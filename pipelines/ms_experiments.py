@@ -5,6 +5,7 @@ Every step goes through the ``lesionseg`` command line, exactly as a user would 
     python pipelines/ms_experiments.py fold A          # train, tune, infer, evaluate fold A -> runs/ms/foldA
     python pipelines/ms_experiments.py fold B          # the other fold -> runs/ms/foldB
     python pipelines/ms_experiments.py study           # one run per loss on fold A -> runs/ms_study/<loss>
+    python pipelines/ms_experiments.py study --tune    # + each loss at its tuned decision -> runs/ms_study_tuned
     python pipelines/ms_experiments.py tables          # per-exam and loss tables (Markdown + CSV)
     python pipelines/ms_experiments.py ship            # runs/ms/foldA -> models/ms_flair_t1
     python pipelines/ms_experiments.py verify          # the shipped model on its held-out exams = its card
@@ -127,6 +128,17 @@ def cmd_fold(args: argparse.Namespace) -> None:
     train_and_evaluate(Path(args.out) / f"fold{args.fold}", args.fold, args.set, tune=True)
 
 
+def tune_study_run(run_dir: Path, report_dir: Path) -> None:
+    """Each loss at its own best decision: tune on the held-out exams, infer, evaluate."""
+    val_dir = run_dir / "cases_val"
+    log = run_dir.parent / f"{run_dir.name}.log"
+    run([*LESIONSEG, "tune", "--model", str(run_dir), "--data", str(val_dir)], log)
+    run([*LESIONSEG, "infer", "--model", str(run_dir), "--input", str(val_dir), "--out", str(run_dir / "pred_tuned")],
+        log)
+    run([*LESIONSEG, "evaluate", "--pred", str(run_dir / "pred_tuned"), "--truth", str(val_dir),
+         "--out", str(report_dir), "--config", str(CONFIG)], log)
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     names = args.losses or list(STUDY)
     for name in names:
@@ -135,8 +147,10 @@ def cmd_study(args: argparse.Namespace) -> None:
         run_dir = Path(args.out) / name
         if (run_dir / "report" / "summary.csv").is_file() and not args.force:
             print(f"[{name}] done already ({run_dir}/report)")
-            continue
-        train_and_evaluate(run_dir, "A", sets, tune=False)
+        else:
+            train_and_evaluate(run_dir, "A", sets, tune=False)
+        if args.tune:
+            tune_study_run(run_dir, Path(f"{args.out}_tuned") / name)
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -164,6 +178,9 @@ def cmd_tables(args: argparse.Namespace) -> None:
     studies = sorted(p for p in Path(args.study).glob("*/report") if (p / "summary.csv").is_file())
     if studies:
         run([*LESIONSEG, "compare", "--out", str(out / "ms_loss_study.csv"), *map(str, studies)])
+    tuned = sorted(p for p in Path(f"{args.study}_tuned").glob("*") if (p / "summary.csv").is_file())
+    if tuned:
+        run([*LESIONSEG, "compare", "--out", str(out / "ms_loss_study_tuned.csv"), *map(str, tuned)])
 
 
 SHIPPED_FILES = ("model.keras", "config.yaml", "tuning.json", "history.csv", "curves.png", "split.csv")
@@ -213,6 +230,8 @@ def main() -> None:
     s.add_argument("--out", default="runs/ms_study")
     s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     s.add_argument("--force", action="store_true", help="redo runs that have a report already")
+    s.add_argument("--tune", action="store_true",
+                   help="also tune each run's decision on the held-out exams and report it (OUT_tuned/<loss>)")
     s.set_defaults(func=cmd_study)
     t = sub.add_parser("tables", help="per-exam table of the folds and the loss-study comparison")
     t.add_argument("--folds", default="runs/ms")
