@@ -9,6 +9,8 @@ Every step goes through the ``lesionseg`` command line, exactly as a user would 
     python pipelines/ms_experiments.py tables          # per-exam and loss tables (Markdown + CSV)
     python pipelines/ms_experiments.py ship            # runs/ms/foldA -> models/ms_flair_t1
     python pipelines/ms_experiments.py verify          # the shipped model on its held-out exams = its card
+    python pipelines/ms_experiments.py lopo            # leave-one-patient-out: 4 folds -> runs/lopo/<recipe>
+    python pipelines/ms_experiments.py lopo --config pipelines/OTHER.toml   # the same for another recipe
 
 The 6 exams are 4 patients (the three ``mslesseg_P14_*`` exams are one patient), so the split is by
 patient.  Two folds, each holding out one patient of each source; every exam is validated exactly once:
@@ -16,7 +18,12 @@ patient.  Two folds, each holding out one patient of each source; every exam is 
     fold A: validate lesjak_patient07 + mslesseg_P18_T1 (40 lesions), train on the other 4 exams
     fold B: validate lesjak_patient19 + mslesseg_P14_T1/T2/T3, train on the other 2 exams
 
-Per fold: ``lesionseg train`` on the training exams for a fixed budget (no validation during training,
+Leave-one-patient-out (``lopo``): one fold per patient (L07, L19, M14 = the three P14 exams, M18); the
+model is trained on the other three patients, its threshold and minimum lesion size are tuned on those
+*training* exams (never on the exam being scored), then it predicts the held-out patient.  The held-out
+predictions of the four folds are evaluated together: per exam and pooled, tuned and untuned.
+
+Per fold (``fold A|B``): ``lesionseg train`` on the training exams for a fixed budget (no validation during training,
 the last epoch is kept: no model selection on the figures we publish), ``lesionseg tune`` (threshold and
 minimum lesion size for lesion F1) on the held-out exams, ``lesionseg infer`` + ``lesionseg evaluate``
 on them.  Because the tuning sees the held-out exams, the report at the untuned decision (threshold 0.5,
@@ -34,9 +41,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's lesionseg, also when run from another worktree
 DATA = ROOT.parent / "shared" / "data" / "ms_lesions"
 CONFIG = ROOT / "pipelines" / "ms_flair_t1.toml"
 LESIONSEG = [sys.executable, "-m", "lesionseg"]
+
+# Leave-one-patient-out: patient -> its exams.
+PATIENTS = {
+    "L07": ("lesjak_patient07",),
+    "L19": ("lesjak_patient19",),
+    "M14": ("mslesseg_P14_T1", "mslesseg_P14_T2", "mslesseg_P14_T3"),
+    "M18": ("mslesseg_P18_T1",),
+}
 
 FOLDS = {
     "A": ("lesjak_patient07", "mslesseg_P18_T1"),
@@ -81,8 +97,8 @@ def case_folder(target: Path, cases: list[str]) -> Path:
 
 
 def split(fold: str) -> tuple[list[str], list[str]]:
-    """Training and validation exams of a fold."""
-    val = list(FOLDS[fold])
+    """Training and validation exams of a fold (``A``/``B``) or of a left-out patient (``L07``, ...)."""
+    val = list(FOLDS.get(fold) or PATIENTS[fold])
     train = sorted(p.name for p in DATA.iterdir() if p.is_dir() and p.name not in val)
     return train, val
 
@@ -103,8 +119,13 @@ def untuned_predictions(prob_dir: Path, out_dir: Path) -> None:
         write_like(out_dir / name, pred, img.affine, img.header, np.uint8)
 
 
-def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool) -> None:
-    """Train on the fold's training exams, then (tune,) infer and evaluate its held-out exams."""
+def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, config: Path = CONFIG,
+                       tune_on_train: bool = False) -> None:
+    """Train on the fold's training exams, then (tune,) infer and evaluate its held-out exams.
+
+    ``tune_on_train`` tunes the decision on the training exams (leave-one-patient-out: the held-out
+    exam never influences its own threshold) instead of the held-out ones.
+    """
     train_cases, val_cases = split(fold)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{run_dir.name}.log"
@@ -112,20 +133,56 @@ def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool) ->
     val_dir = case_folder(run_dir / "cases_val", val_cases)
     extra = [x for s in ["train.val_fraction=0", *sets] for x in ("--set", s)]
     print(f"[{run_dir.name}] train on {', '.join(train_cases)}; validate on {', '.join(val_cases)}", flush=True)
-    run([*LESIONSEG, "train", "--config", str(CONFIG), "--data", str(train_dir), "--out", str(run_dir), *extra], log)
+    if not (run_dir / "model.keras").is_file():
+        run([*LESIONSEG, "train", "--config", str(config), "--data", str(train_dir), "--out", str(run_dir), *extra],
+            log)
     if tune:
-        run([*LESIONSEG, "tune", "--model", str(run_dir), "--data", str(val_dir)], log)
+        run([*LESIONSEG, "tune", "--model", str(run_dir), "--data", str(train_dir if tune_on_train else val_dir)], log)
     run([*LESIONSEG, "infer", "--model", str(run_dir), "--input", str(val_dir), "--out", str(run_dir / "pred")], log)
     run([*LESIONSEG, "evaluate", "--pred", str(run_dir / "pred"), "--truth", str(val_dir),
-         "--out", str(run_dir / "report"), "--config", str(CONFIG)], log)
+         "--out", str(run_dir / "report"), "--config", str(config)], log)
     if tune:
         untuned_predictions(run_dir / "pred", run_dir / "pred_untuned")
         run([*LESIONSEG, "evaluate", "--pred", str(run_dir / "pred_untuned"), "--truth", str(val_dir),
-             "--out", str(run_dir / "report_untuned"), "--config", str(CONFIG)], log)
+             "--out", str(run_dir / "report_untuned"), "--config", str(config)], log)
 
 
 def cmd_fold(args: argparse.Namespace) -> None:
     train_and_evaluate(Path(args.out) / f"fold{args.fold}", args.fold, args.set, tune=True)
+
+
+def cmd_lopo(args: argparse.Namespace) -> None:
+    """Leave-one-patient-out with a recipe: train/tune/infer per left-out patient, then pooled reports."""
+    config = Path(args.config).resolve()
+    out = Path(args.out or f"runs/lopo/{config.stem}")
+    for patient in args.patients or list(PATIENTS):
+        run_dir = out / patient
+        if (run_dir / "report_untuned" / "summary.csv").is_file() and not args.force:
+            print(f"[{patient}] done already ({run_dir})")
+            continue
+        train_and_evaluate(run_dir, patient, args.set, tune=True, config=config, tune_on_train=True)
+    pooled_reports(out, config)
+
+
+def pooled_reports(out: Path, config: Path) -> None:
+    """Evaluate the held-out predictions of every finished fold together: ``OUT/report[_untuned]``."""
+    done = [p for p in PATIENTS if (out / p / "report_untuned" / "summary.csv").is_file()]
+    if not done:
+        return
+    cases = case_folder(out / "cases_all", [c for p in done for c in PATIENTS[p]])
+    for pred in ("pred", "pred_untuned"):
+        pooled = out / pred
+        if pooled.exists():
+            shutil.rmtree(pooled)
+        pooled.mkdir(parents=True)
+        for p in done:
+            for f in sorted((out / p / pred).glob("*.nii.gz")):
+                (pooled / f.name).symlink_to(f.resolve())
+        report = out / pred.replace("pred", "report")
+        run([*LESIONSEG, "evaluate", "--pred", str(pooled), "--truth", str(cases), "--out", str(report),
+             "--config", str(config)])
+    print(f"leave-one-patient-out over {', '.join(done)}: {out}/report (tuned on training exams), "
+          f"{out}/report_untuned (threshold 0.5)")
 
 
 def tune_study_run(run_dir: Path, report_dir: Path) -> None:
@@ -242,6 +299,13 @@ def main() -> None:
     c.add_argument("--run", default="runs/ms/foldA")
     c.add_argument("--to", default="models/ms_flair_t1")
     c.set_defaults(func=cmd_ship)
+    lo = sub.add_parser("lopo", help="leave-one-patient-out: train, tune (on training exams), infer, evaluate")
+    lo.add_argument("patients", nargs="*", help=f"subset of: {', '.join(PATIENTS)}")
+    lo.add_argument("--config", default=str(CONFIG), help="the recipe (a train config)")
+    lo.add_argument("--out", help="default runs/lopo/<config name>")
+    lo.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    lo.add_argument("--force", action="store_true", help="redo folds that have a report already")
+    lo.set_defaults(func=cmd_lopo)
     v = sub.add_parser("verify", help="the shipped model on its held-out exams, against its model card")
     v.add_argument("--model", default="models/ms_flair_t1")
     v.add_argument("--out", default="runs/ms_shipped")
