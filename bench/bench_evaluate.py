@@ -5,7 +5,7 @@ Each of the 30 consensus masks in ``../shared/data/lesjak_masks``
 perturbation (cycling through: lesions removed, lesions added, eroded,
 dilated, shifted; fixed seed).  Arrays are loaded before timing.
 
-- lesionseg: :func:`lesionseg.lesions.evaluate_case` for every criterion
+- lesionseg: :func:`lesionseg.evaluation.lesions.evaluate_case` for every criterion
   (``any``, ``anima``, ``iou``, ``brats``): total seconds for the 30 cases and
   per case (median, max), best of ``--repeat`` runs.
 - panoptica (when installed): ``Panoptica_Evaluator`` on semantic input, cc3d
@@ -80,7 +80,7 @@ def load_cases(data: Path, n_cases: int, seed: int = 0):
 
 def time_lesionseg(cases, criterion: str, repeat: int) -> dict:
     from lesionseg.config import EvaluateConfig
-    from lesionseg.lesions import evaluate_case
+    from lesionseg.evaluation.lesions import evaluate_case
 
     cfg = EvaluateConfig(criterion=criterion)
     best = None

@@ -4,7 +4,7 @@ One 182×218×182 two-channel volume (the size of the shared MNI exams), the
 reference U-Net (depth 2, filters 16/32/64, batch norm, 48³ windows),
 overlap 0.5, Gaussian blending, 8 windows per batch.
 
-- lesionseg: :func:`lesionseg.predict.predict_probability` (Keras,
+- lesionseg: :func:`lesionseg.inference.predictor.predict_probability` (Keras,
   ``predict_on_batch``) — windows/s, total seconds, stitching overhead
   (everything outside the model call, as a % of model time) and peak RSS.
 - MONAI (when ``torch`` and ``monai`` are installed, the ``bench`` extra):
@@ -59,14 +59,14 @@ def run_lesionseg(args) -> dict:
     import numpy as np
 
     from lesionseg.config import InferConfig, ModelConfig
-    from lesionseg.inference import window_corners
+    from lesionseg.inference.sliding_window import window_corners
     from lesionseg.runtime import configure_backend
 
     backend = configure_backend(args.threads, seed=0)
-    from lesionseg.model import build_unet
+    from lesionseg.model.unet import build_unet
 
     cfg = ModelConfig(depth=2, base_filters=16, growth=2.0, head="sigmoid", norm="batch")
-    from lesionseg.model import inference_model
+    from lesionseg.model.unet import inference_model
 
     trained = build_unet(cfg, args.channels, tuple(args.patch))
     model = inference_model(trained, cfg, args.precision)  # what `lesionseg infer` predicts with
@@ -93,7 +93,7 @@ def run_lesionseg(args) -> dict:
     for b in {args.batch, total % args.batch or args.batch}:
         predict_on_batch(np.zeros((b, *args.patch, args.channels), np.float32))
 
-    from lesionseg.predict import predict_probability
+    from lesionseg.inference.predictor import predict_probability
 
     infer = InferConfig(overlap=args.overlap, blend="gaussian", batch_size=args.batch)
     t0 = time.perf_counter()

@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lesionseg.config import AugmentConfig, Config, PatchConfig  # noqa: E402
-from lesionseg.io import Grid, read_mask  # noqa: E402
+from lesionseg.data.io import Grid, read_mask  # noqa: E402
 from lesionseg.logs import setup_logging  # noqa: E402
-from lesionseg.sampling import (  # noqa: E402
+from lesionseg.sampling.sampler import (  # noqa: E402
     PatchSampler,
     index_lesions,
     summarize_targeting,
@@ -52,7 +52,7 @@ def synthetic_cases(n: int = 6, shape=(182, 218, 182), channels: int = 2):
     """Brain-sized volumes with a few blob lesions (when the shared data is absent)."""
     import nibabel as nib
 
-    from lesionseg.dataset import PreparedCase
+    from lesionseg.sampling.feed import PreparedCase
 
     rng = np.random.default_rng(0)
     grid = np.indices(shape, sparse=True)
@@ -87,7 +87,7 @@ def rate(fn, seconds: float) -> float:
 
 
 def bench_throughput(cases, seconds: float) -> None:
-    from lesionseg.dataset import PatchSequence, cut_patch
+    from lesionseg.sampling.feed import PatchSequence, cut_patch
 
     patch_cfg = PatchConfig()  # 48³, lesion 0.5 / foreground 0.4 / random 0.1, alpha 0, balanced
     aug = AugmentConfig(flip_axes=(0, 1, 2), intensity_scale=0.1, intensity_shift=0.1, noise_std=0.05, rotate90=True)
@@ -150,7 +150,7 @@ def main() -> int:
     args = parser.parse_args()
     setup_logging(quiet=True)
     if SHARED.is_dir():
-        from lesionseg.dataset import load_cases
+        from lesionseg.sampling.feed import load_cases
 
         t = time.perf_counter()
         cfg = Config()

@@ -52,13 +52,13 @@ def main() -> int:
     import keras
     import numpy as np
 
-    from lesionseg import io
-    from lesionseg.dataset import PatchSequence, load_cases
-    from lesionseg.diagnostics import DiagnosticsCallback, TrainingMonitor, diagnostic_metrics
-    from lesionseg.losses import get_loss
-    from lesionseg.metrics import make_metrics
-    from lesionseg.model import build_unet, count_parameters
-    from lesionseg.train import _jit, progress_callback, validate
+    from lesionseg.data import io
+    from lesionseg.sampling.feed import PatchSequence, load_cases
+    from lesionseg.training.diagnostics import DiagnosticsCallback, TrainingMonitor, diagnostic_metrics
+    from lesionseg.model.losses import get_loss
+    from lesionseg.model.metrics import make_metrics
+    from lesionseg.model.unet import build_unet, count_parameters
+    from lesionseg.training.train import _jit, progress_callback, validate
 
     cfg = config.train
     head = config.model.head

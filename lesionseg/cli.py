@@ -143,7 +143,7 @@ def _config(args: argparse.Namespace, base: Path | None = None) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from lesionseg.check import check_dataset
+    from lesionseg.data.check import check_dataset
 
     cfg = _config(args)
     channels = [c.strip() for c in args.channels.split(",")] if args.channels else list(cfg.data.channels)
@@ -165,7 +165,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
-    from lesionseg.patches import write_patch_bank
+    from lesionseg.sampling.bank import write_patch_bank
 
     index = write_patch_bank(_config(args), args.data, args.out)
     log.info("patch index: %s", index)
@@ -173,7 +173,7 @@ def cmd_patches(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lesionseg.train import train
+    from lesionseg.training.train import train
 
     base = args.out / "config.yaml" if args.resume and not args.config else None
     run_dir = train(_config(args, base), args.data, args.out, resume=args.resume)
@@ -200,7 +200,7 @@ def _run_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from lesionseg.predict import run_inference
+    from lesionseg.inference.predictor import run_inference
 
     outputs = run_inference(args.model, _run_config(args), args.input, args.out)
     log.info("%d case(s) predicted into %s", len(outputs), args.out)
@@ -208,14 +208,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from lesionseg.tune import tune_run
+    from lesionseg.inference.tune import tune_run
 
     tune_run(args.model, _run_config(args), args.data)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from lesionseg.report import evaluate_folder
+    from lesionseg.evaluation.report import evaluate_folder
 
     cfg = _config(args)
     if args.overlays:
@@ -228,7 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lesionseg.report import compare_reports, to_markdown
+    from lesionseg.evaluation.report import compare_reports, to_markdown
 
     table = compare_reports(args.reports, args.out)
     print(to_markdown(table))
@@ -237,7 +237,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
-    from lesionseg.synthetic import write_samples
+    from lesionseg.data.synthetic import write_samples
 
     written = write_samples(args.out)
     log.info("%d sample case(s) in %s", len(written), args.out)

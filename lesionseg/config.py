@@ -180,7 +180,7 @@ class LossConfig:
     Attributes
     ----------
     name : str
-        One of the names of :func:`lesionseg.losses.get_loss`.
+        One of the names of :func:`lesionseg.model.losses.get_loss`.
     params : dict
         Keyword parameters of that loss (e.g. ``weight``, ``delta``,
         ``gamma``), named as in Yeung et al. (2022).
@@ -510,7 +510,7 @@ def load_config(
 
 def save_config(config: Config, path: str | Path) -> Path:
     """Write the resolved configuration as YAML (atomically) and return its path."""
-    from lesionseg.io import atomic_path
+    from lesionseg.data.io import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

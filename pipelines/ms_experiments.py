@@ -108,8 +108,8 @@ def untuned_predictions(prob_dir: Path, out_dir: Path) -> None:
     import nibabel as nib
     import numpy as np
 
-    from lesionseg.inference import decide
-    from lesionseg.io import write_like
+    from lesionseg.inference.sliding_window import decide
+    from lesionseg.data.io import write_like
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in sorted(prob_dir.glob("*_prob.nii.gz")):
@@ -213,7 +213,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 def cmd_tables(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from lesionseg.report import to_markdown
+    from lesionseg.evaluation.report import to_markdown
 
     out = Path(args.out)
     rows = []

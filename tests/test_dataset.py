@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import make_case
 
-from lesionseg.augment import augment_patch, check_augment_config, intensity_jitter, random_rot90
+from lesionseg.sampling.augment import augment_patch, check_augment_config, intensity_jitter, random_rot90
 from lesionseg.config import AugmentConfig, Config, PatchConfig
-from lesionseg.dataset import PatchSequence, PreparedCase, cut_patch, load_cases
+from lesionseg.sampling.feed import PatchSequence, PreparedCase, cut_patch, load_cases
 from lesionseg.errors import DataError, LesionsegError
 
 PATCH = PatchConfig(size=(8, 8, 8), lesion_fraction=0.6, foreground_fraction=0.3, random_fraction=0.1)

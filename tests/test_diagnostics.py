@@ -16,7 +16,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from lesionseg.diagnostics import (  # noqa: E402
+from lesionseg.training.diagnostics import (  # noqa: E402
     DiagnosticsCallback,
     EpochStats,
     TrainingMonitor,
@@ -24,8 +24,8 @@ from lesionseg.diagnostics import (  # noqa: E402
     output_range_problem,
     reference_losses,
 )
-from lesionseg.losses import get_loss  # noqa: E402
-from lesionseg.metrics import make_metrics  # noqa: E402
+from lesionseg.model.losses import get_loss  # noqa: E402
+from lesionseg.model.metrics import make_metrics  # noqa: E402
 
 SHAPE = (8, 8, 8)
 

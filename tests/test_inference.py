@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from lesionseg.heads import lesion_probability_numpy
-from lesionseg.inference import (
+from lesionseg.model.heads import lesion_probability_numpy
+from lesionseg.inference.sliding_window import (
     decide,
     flip_combinations,
     foreground_box,

@@ -13,7 +13,7 @@ import pytest
 
 from lesionseg.config import EvaluateConfig
 from lesionseg.errors import LesionsegError
-from lesionseg.lesions import (
+from lesionseg.evaluation.lesions import (
     STATUS_FN,
     STATUS_FP,
     STATUS_TP,

@@ -1,6 +1,6 @@
 """Real lesion masks (../shared/data/lesjak_masks) against perturbed predictions.
 
-Every count of :func:`lesionseg.lesions.evaluate_case` is checked against a
+Every count of :func:`lesionseg.evaluation.lesions.evaluate_case` is checked against a
 simple independent implementation written here with ``scipy.ndimage.label``
 and loops over lesions (never over voxels).  Skipped when the data is absent.
 """
@@ -15,7 +15,7 @@ import pytest
 from scipy import ndimage
 
 from lesionseg.config import EvaluateConfig
-from lesionseg.lesions import evaluate_case
+from lesionseg.evaluation.lesions import evaluate_case
 
 pytestmark = pytest.mark.shared
 

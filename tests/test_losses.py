@@ -16,8 +16,8 @@ if keras.backend.backend() != "tensorflow":  # gradients below use tf.GradientTa
 
 from lesionseg.config import ModelConfig  # noqa: E402
 from lesionseg.errors import LesionsegError  # noqa: E402
-from lesionseg.losses import LOSS_DEFAULTS, LOSS_NAMES, get_loss  # noqa: E402
-from lesionseg.model import build_unet  # noqa: E402
+from lesionseg.model.losses import LOSS_DEFAULTS, LOSS_NAMES, get_loss  # noqa: E402
+from lesionseg.model.unet import build_unet  # noqa: E402
 
 CONTRACT_NAMES = (
     "dice bce focal tversky focal_tversky combo symmetric_focal asymmetric_focal "

@@ -11,8 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from lesionseg.config import ModelConfig  # noqa: E402
-from lesionseg.heads import HeadError, lesion_probability_numpy  # noqa: E402
-from lesionseg.metrics import (  # noqa: E402
+from lesionseg.model.heads import HeadError, lesion_probability_numpy  # noqa: E402
+from lesionseg.model.metrics import (  # noqa: E402
     ForegroundFraction,
     HardDice,
     MeanProbability,
@@ -20,7 +20,7 @@ from lesionseg.metrics import (  # noqa: E402
     looks_like_probabilities,
     make_metrics,
 )
-from lesionseg.model import build_unet  # noqa: E402
+from lesionseg.model.unet import build_unet  # noqa: E402
 
 
 def batches(head: str, seed: int = 0):

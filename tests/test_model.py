@@ -20,9 +20,9 @@ import pytest  # noqa: E402
 
 from lesionseg.config import ModelConfig  # noqa: E402
 from lesionseg.errors import LesionsegError  # noqa: E402
-from lesionseg.losses import LOSS_NAMES, get_loss  # noqa: E402
-from lesionseg.metrics import make_metrics  # noqa: E402
-from lesionseg.model import (  # noqa: E402
+from lesionseg.model.losses import LOSS_NAMES, get_loss  # noqa: E402
+from lesionseg.model.metrics import make_metrics  # noqa: E402
+from lesionseg.model.unet import (  # noqa: E402
     assert_emits_logits,
     build_unet,
     count_parameters,
@@ -183,9 +183,9 @@ BACKEND_SCRIPT = textwrap.dedent(
     import keras
     from keras import ops
     from lesionseg.config import ModelConfig
-    from lesionseg.losses import LOSS_NAMES, get_loss
-    from lesionseg.metrics import make_metrics
-    from lesionseg.model import build_unet, load_model
+    from lesionseg.model.losses import LOSS_NAMES, get_loss
+    from lesionseg.model.metrics import make_metrics
+    from lesionseg.model.unet import build_unet, load_model
 
     backend = keras.backend.backend()
     rng = np.random.default_rng(0)
@@ -266,7 +266,7 @@ def test_inference_model_folds_batch_norm_exactly():
     import dataclasses
 
     from lesionseg.config import ModelConfig
-    from lesionseg.model import build_unet, inference_model
+    from lesionseg.model.unet import build_unet, inference_model
 
     cfg = ModelConfig(depth=2, base_filters=4, norm="batch")
     model = build_unet(cfg, 2)

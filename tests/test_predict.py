@@ -17,8 +17,8 @@ from conftest import make_case
 from lesionseg.cli import main
 from lesionseg.config import Config, DataConfig, InferConfig, ModelConfig, PatchConfig, save_config
 from lesionseg.errors import LesionsegError
-from lesionseg.normalize import normalize_image
-from lesionseg.predict import (
+from lesionseg.data.normalize import normalize_image
+from lesionseg.inference.predictor import (
     StoredTuning,
     make_predict_fn,
     postprocess,
@@ -277,7 +277,7 @@ def test_parallel_workers_give_the_same_outputs(run_dir, data_dir, tmp_path):
 
 def test_infer_with_a_real_unet_model_file(data_dir, tmp_path):
     """build_unet's saved model loads through model.load_model and predicts on the input grid."""
-    from lesionseg.model import build_unet
+    from lesionseg.model.unet import build_unet
 
     cfg = run_config()
     model = build_unet(ModelConfig(depth=2, base_filters=2), 2, cfg.patches.size)

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from conftest import write_nifti
 
-import lesionseg.lesions
-import lesionseg.report
+import lesionseg.evaluation.lesions
+import lesionseg.evaluation.report
 from lesionseg.cli import main
 from lesionseg.config import EvaluateConfig
-from lesionseg.lesions import evaluate_case
-from lesionseg.report import compare_reports, run_name, to_markdown, write_reports
+from lesionseg.evaluation.lesions import evaluate_case
+from lesionseg.evaluation.report import compare_reports, run_name, to_markdown, write_reports
 
 SHAPE = (12, 12, 12)
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm³ voxels, read from the header
@@ -84,9 +84,9 @@ def test_write_reports_columns_and_pooled_numbers(tmp_path):
     cases = pd.read_csv(out / "cases.csv")
     summary = pd.read_csv(out / "summary.csv")
     lesions = pd.read_csv(out / "lesions.csv", keep_default_na=False)
-    contract_columns_first(cases, lesionseg.report.CASE_COLUMNS[:12])
-    contract_columns_first(summary, lesionseg.report.SUMMARY_COLUMNS[:11])
-    contract_columns_first(lesions, lesionseg.lesions.LESION_COLUMNS)
+    contract_columns_first(cases, lesionseg.evaluation.report.CASE_COLUMNS[:12])
+    contract_columns_first(summary, lesionseg.evaluation.report.SUMMARY_COLUMNS[:11])
+    contract_columns_first(lesions, lesionseg.evaluation.lesions.LESION_COLUMNS)
     for table in (cases, summary):
         assert (table.criterion == "any").all() and (table.connectivity == 26).all()
         assert (table.min_lesion_mm3 == 0.0).all()
@@ -267,7 +267,7 @@ def test_compare_reports_table_and_markdown(tmp_path, capsys):
     code, out, err = run_cli(["compare", str(r1), str(r2), "--out", str(out_csv)], capsys)
     assert code == 0, err
     table = pd.read_csv(out_csv)
-    contract_columns_first(table, lesionseg.report.COMPARE_COLUMNS)
+    contract_columns_first(table, lesionseg.evaluation.report.COMPARE_COLUMNS)
     assert table.run.tolist() == ["unet_dice", "baseline"]
     assert table.loc[0, ["GT", "TP", "FP", "FN"]].tolist() == [3, 2, 1, 1]
     assert table.loc[1, ["GT", "TP", "FP", "FN"]].tolist() == [2, 1, 1, 1]
@@ -299,6 +299,6 @@ def test_to_markdown_formats_nan_and_ints():
 
 
 def test_doctests():
-    for module in (lesionseg.report, lesionseg.lesions):
+    for module in (lesionseg.evaluation.report, lesionseg.evaluation.lesions):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lesionseg.errors import LesionsegError
-from lesionseg.io import read_mask
-from lesionseg.sampling import (
+from lesionseg.data.io import read_mask
+from lesionseg.sampling.sampler import (
     PatchSampler,
     PatchSpec,
     balance_probabilities,

@@ -41,8 +41,8 @@ def test_the_held_out_exam_was_not_trained_on():
 
 
 def test_the_shipped_model_emits_logits():
-    from lesionseg.model import assert_emits_logits
-    from lesionseg.predict import load_run_model
+    from lesionseg.model.unet import assert_emits_logits
+    from lesionseg.inference.predictor import load_run_model
 
     assert_emits_logits(load_run_model(MODEL))
 

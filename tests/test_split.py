@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lesionseg.errors import LesionsegError
-from lesionseg.split import group_key, split_cases
+from lesionseg.data.split import group_key, split_cases
 
 MS_EXAMS = [
     "lesjak_patient07",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lesionseg.cli import main
-from lesionseg.normalize import normalize_channel, normalize_image, saturated_fraction
-from lesionseg.synthetic import SAMPLE_CASES, generate_case, write_samples
+from lesionseg.data.normalize import normalize_channel, normalize_image, saturated_fraction
+from lesionseg.data.synthetic import SAMPLE_CASES, generate_case, write_samples
 
 
 def test_generator_is_deterministic_and_lesions_span_sizes():
@@ -108,7 +108,7 @@ def test_training_warns_when_clipping_flattens_lesions(tmp_path, caplog):
     from conftest import write_nifti
 
     from lesionseg.config import load_config
-    from lesionseg.dataset import prepare_case
+    from lesionseg.sampling.feed import prepare_case
 
     flair, mask = _brain_with_bright_lesions(30)
     for name, arr in (("flair", flair), ("t1", 200 - flair * (flair > 0)), ("lesion_mask", mask)):

@@ -13,7 +13,7 @@ import pytest
 
 from lesionseg.cli import main
 from lesionseg.config import load_config
-from lesionseg.curves import HISTORY_COLUMNS, plot_curves, read_history, write_history
+from lesionseg.training.curves import HISTORY_COLUMNS, plot_curves, read_history, write_history
 from lesionseg.errors import LesionsegError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_train_cli_writes_the_run_folder(smoke_run):
 
 
 def test_saved_model_emits_logits_and_predicts_volumes(smoke_run):
-    from lesionseg.model import assert_emits_logits, load_model
+    from lesionseg.model.unet import assert_emits_logits, load_model
 
     model = load_model(smoke_run / "model.keras")
     assert_emits_logits(model, "sigmoid")
@@ -80,7 +80,7 @@ def test_saved_model_emits_logits_and_predicts_volumes(smoke_run):
 
 
 def test_interrupt_and_resume_gives_the_same_history(smoke_run, data, tmp_path, monkeypatch, caplog):
-    from lesionseg import train as train_mod
+    from lesionseg.training import train as train_mod
 
     run = tmp_path / "interrupted"
     original = train_mod._Run.end_epoch
@@ -120,11 +120,11 @@ def test_nan_loss_stops_with_the_last_good_model(data, tmp_path, caplog, monkeyp
     import keras
     from keras import ops
 
-    import lesionseg.losses
-    from lesionseg.model import load_model
-    from lesionseg.train import TrainingStopped, train
+    import lesionseg.model.losses
+    from lesionseg.model.unet import load_model
+    from lesionseg.training.train import TrainingStopped, train
 
-    real_get_loss = lesionseg.losses.get_loss
+    real_get_loss = lesionseg.model.losses.get_loss
 
     def poisoned_get_loss(name, head, **params):
         """The real loss, times NaN from the 6th call on (2 reference calls + 3 steps)."""
@@ -136,7 +136,7 @@ def test_nan_loss_stops_with_the_last_good_model(data, tmp_path, caplog, monkeyp
 
         return loss
 
-    monkeypatch.setattr(lesionseg.losses, "get_loss", poisoned_get_loss)
+    monkeypatch.setattr(lesionseg.model.losses, "get_loss", poisoned_get_loss)
     cfg = load_config(SMOKE, ["train.epochs=4"])
     with caplog.at_level(logging.WARNING, logger="lesionseg"):
         with pytest.raises(TrainingStopped, match="NaN"):
@@ -152,7 +152,7 @@ def test_nan_loss_stops_with_the_last_good_model(data, tmp_path, caplog, monkeyp
 
 
 def test_huge_learning_rate_does_not_go_unnoticed(data, tmp_path, caplog):
-    from lesionseg.train import TrainingStopped, train
+    from lesionseg.training.train import TrainingStopped, train
 
     cfg = load_config(SMOKE, ["train.learning_rate=10", "train.epochs=4"])
     with caplog.at_level(logging.WARNING, logger="lesionseg"):
@@ -210,7 +210,7 @@ def test_one_epoch_on_a_real_exam_pair(shared_ms, tmp_path):
 
 
 def test_bad_train_settings_are_config_errors(data, tmp_path):
-    from lesionseg.train import _check_train_config, make_strategy, train
+    from lesionseg.training.train import _check_train_config, make_strategy, train
 
     with pytest.raises(LesionsegError, match="train.strategy"):
         make_strategy("everywhere", "tensorflow")
@@ -225,7 +225,7 @@ def test_bad_train_settings_are_config_errors(data, tmp_path):
 
 
 def test_learning_rate_schedules():
-    from lesionseg.train import RunState, cosine_lr
+    from lesionseg.training.train import RunState, cosine_lr
 
     lrs = [cosine_lr(e, 5, 1e-3, 1e-5) for e in range(5)]
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
@@ -238,7 +238,7 @@ def test_learning_rate_schedules():
 def test_reduce_on_plateau_and_early_stopping(tmp_path):
     from types import SimpleNamespace
 
-    from lesionseg.train import RunState, _Run
+    from lesionseg.training.train import RunState, _Run
 
     cfg = load_config(SMOKE, ["train.plateau_patience=2", "train.plateau_factor=0.5", "train.early_stopping_patience=4"])
     run = _Run(cfg, tmp_path, None, ["a case"], SimpleNamespace(findings=[]), RunState(lr=1e-3), [], writes=False)

@@ -15,7 +15,7 @@ from conftest import make_case
 from lesionseg.cli import main
 from lesionseg.config import Config, DataConfig, EvaluateConfig, InferConfig, ModelConfig, PatchConfig, save_config
 from lesionseg.errors import LesionsegError
-from lesionseg.tune import TABLE_COLUMNS, candidate_box, tune_threshold_and_size
+from lesionseg.inference.tune import TABLE_COLUMNS, candidate_box, tune_threshold_and_size
 
 
 def ball(shape, centre, r):
@@ -180,7 +180,7 @@ def test_tune_needs_masks(tiny_run):
 
 def test_tuning_never_picks_one_merged_blob_over_real_detections():
     """A low threshold merging everything into one blob touches every lesion (F1 = 1 under ``any``)."""
-    from lesionseg.tune import tune_threshold_and_size
+    from lesionseg.inference.tune import tune_threshold_and_size
 
     truth = np.zeros((40, 40, 40), np.uint8)
     for c in (8, 20, 32):

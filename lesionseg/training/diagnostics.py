@@ -42,12 +42,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from lesionseg.heads import head_channels, lesion_probability
+from lesionseg.model.heads import head_channels, lesion_probability
 
 log = logging.getLogger(__name__)
 
 #: diagnostic metric names (as they appear in the ``model.fit`` logs); the predicted
-#: foreground fraction comes from :class:`lesionseg.metrics.ForegroundFraction` (``fg_fraction``)
+#: foreground fraction comes from :class:`lesionseg.model.metrics.ForegroundFraction` (``fg_fraction``)
 DIAG_METRICS = ("logit_min", "logit_max", "true_fg", "p_lesion", "p_background")
 PRED_FG_METRIC = "fg_fraction"
 
@@ -135,7 +135,7 @@ def _logits_message(kind: str, lo: float, hi: float, head: str) -> str:
         f"logits misuse: {what}, but the {head} losses and heads expect raw logits. "
         "Likely cause: an activation (sigmoid/softmax/ReLU) on the last layer, so it is applied twice "
         "(loss stuck near ln 2 = 0.693, blank predictions). Fix: give the head no activation "
-        "(lesionseg.model.build_unet does) and turn logits into probabilities only via lesionseg.heads."
+        "(lesionseg.model.unet.build_unet does) and turn logits into probabilities only via lesionseg.model.heads."
     )
 
 
@@ -489,7 +489,7 @@ class RegionProbability(_RatioMetric):
 def diagnostic_metrics(head: str) -> list[keras.metrics.Metric]:
     """The metrics :class:`DiagnosticsCallback` reads, named as in :data:`DIAG_METRICS`.
 
-    Compile them together with :func:`lesionseg.metrics.make_metrics`, which
+    Compile them together with :func:`lesionseg.model.metrics.make_metrics`, which
     provides the predicted foreground fraction (``fg_fraction``).
     """
     return [

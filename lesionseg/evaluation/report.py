@@ -47,10 +47,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lesionseg import io
+from lesionseg.data import io
 from lesionseg.config import Config, EvaluateConfig
 from lesionseg.errors import DataError, LesionsegError
-from lesionseg.lesions import (
+from lesionseg.evaluation.lesions import (
     LESION_COLUMNS,
     CaseEvaluation,
     brats_lesion_dice,
@@ -62,7 +62,7 @@ from lesionseg.lesions import (
     resolved_min_lesion_mm3,
 )
 
-log = logging.getLogger("lesionseg.report")
+log = logging.getLogger("lesionseg.evaluation.report")
 
 CASE_COLUMNS = (
     "case", "GT", "TP", "FN", "FP", "n_pred", "lesion_precision", "lesion_recall",
@@ -287,7 +287,7 @@ def evaluate_folder(pred_dir: Path, truth_dir: Path, out_dir: Path, config: Conf
 
     Pairs ``PRED/<case>_pred.nii.gz`` with ``DATA/<case>/<data.mask>.nii.gz``
     for every case folder of ``DATA``, evaluates each with
-    :func:`lesionseg.lesions.evaluate_case` (``config.evaluate``) and writes
+    :func:`lesionseg.evaluation.lesions.evaluate_case` (``config.evaluate``) and writes
     the reports (and, with ``evaluate.overlays``, ``REPORT/overlays/<case>.png``).
     Nothing is written unless every case succeeds.
 
@@ -348,7 +348,7 @@ def evaluate_folder(pred_dir: Path, truth_dir: Path, out_dir: Path, config: Conf
             grid = io.grid_of(truth_img)
             pred = read_prediction(pred_path, grid, mask_path, config.data.affine_tolerance)
             if overlay_tmp is not None:
-                from lesionseg.overlays import write_overlay
+                from lesionseg.evaluation.overlays import write_overlay
 
                 status, ev = lesion_status_map(truth, pred, grid.zooms, cfg, case_dir.name)
                 write_overlay(

@@ -1,7 +1,7 @@
 """The training input pipeline: cached, normalised volumes -> online patches for Keras.
 
 :func:`load_cases` reads every case once (NIfTI -> normalised float32 image,
-uint8 mask, lesion labels -> :class:`~lesionseg.sampling.LesionTable`) and
+uint8 mask, lesion labels -> :class:`~lesionseg.sampling.sampler.LesionTable`) and
 keeps it in memory; :class:`PatchSequence` then cuts new patches every epoch
 from those arrays (never re-reading NIfTI) and feeds Keras as a
 ``keras.utils.PyDataset``, which works on the TensorFlow, JAX and torch
@@ -31,11 +31,11 @@ import keras
 import nibabel as nib
 import numpy as np
 
-from lesionseg.augment import augment_patch, check_augment_config
+from lesionseg.sampling.augment import augment_patch, check_augment_config
 from lesionseg.config import AugmentConfig, Config, PatchConfig
-from lesionseg.io import Grid, read_case
-from lesionseg.normalize import foreground_mask, normalize_image, saturated_fraction
-from lesionseg.sampling import (
+from lesionseg.data.io import Grid, read_case
+from lesionseg.data.normalize import foreground_mask, normalize_image, saturated_fraction
+from lesionseg.sampling.sampler import (
     AUGMENT_STREAM,
     LesionTable,
     PatchSampler,
@@ -149,7 +149,7 @@ def load_cases(config: Config, case_dirs: Sequence[Path]) -> list[PreparedCase]:
         ``config.data`` (channels, mask, mask_values, affine_tolerance,
         normalization, clip_percentiles) and ``config.patches.connectivity``.
     case_dirs : sequence of Path
-        Case folders (e.g. :func:`lesionseg.io.list_cases`).
+        Case folders (e.g. :func:`lesionseg.data.io.list_cases`).
 
     Returns
     -------

@@ -2,7 +2,7 @@
 
 For each case: read the channels the run was trained on, normalise exactly
 as training did (the run's stored ``[data]`` settings), predict lesion
-probabilities with overlapping windows (:mod:`lesionseg.inference`), decide
+probabilities with overlapping windows (:mod:`lesionseg.inference.sliding_window`), decide
 (threshold or argmax) and drop components below the minimum lesion size,
 then write ``PRED/<case>_prob.nii.gz`` (float32) and
 ``PRED/<case>_pred.nii.gz`` (uint8) on the input's grid: same shape, same
@@ -28,11 +28,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lesionseg import io
+from lesionseg.data import io
 from lesionseg.config import Config, InferConfig
 from lesionseg.errors import DataError, LesionsegError
-from lesionseg.heads import head_channels, lesion_probability_numpy
-from lesionseg.inference import (
+from lesionseg.model.heads import head_channels, lesion_probability_numpy
+from lesionseg.inference.sliding_window import (
     BLENDS,
     CONNECTIVITIES,
     decide,
@@ -40,7 +40,7 @@ from lesionseg.inference import (
     predict_volume_tta,
     remove_small_components,
 )
-from lesionseg.normalize import normalize_image
+from lesionseg.data.normalize import normalize_image
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def resolve_decision(infer_cfg: InferConfig, tuned: DecisionSettings | None = No
 
 
 def make_predict_fn(model: Any, head: str) -> Callable[[np.ndarray], np.ndarray]:
-    """A window predictor for :func:`~lesionseg.inference.predict_volume`.
+    """A window predictor for :func:`~lesionseg.inference.sliding_window.predict_volume`.
 
     Parameters
     ----------
@@ -140,7 +140,7 @@ def make_predict_fn(model: Any, head: str) -> Callable[[np.ndarray], np.ndarray]
         Emits logits (B, d, h, w, K), K = 1 (sigmoid) or 2 (softmax).
     head : {"sigmoid", "softmax"}
         How the logits become the lesion probability
-        (:func:`lesionseg.heads.lesion_probability_numpy`).
+        (:func:`lesionseg.model.heads.lesion_probability_numpy`).
 
     Returns
     -------
@@ -243,10 +243,10 @@ def postprocess(
 def prepare_for_inference(model: Any, config: Config) -> Any:
     """The model to predict with: batch norm folded, in ``infer.precision`` arithmetic.
 
-    See :func:`lesionseg.model.inference_model`; a model that was not built by
+    See :func:`lesionseg.model.unet.inference_model`; a model that was not built by
     lesionseg's U-Net is used as it is.
     """
-    from lesionseg.model import inference_model
+    from lesionseg.model.unet import inference_model
 
     try:
         return inference_model(model, config.model, config.infer.precision)
@@ -265,7 +265,7 @@ def load_run_model(run_dir: str | Path) -> Any:
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise LesionsegError(f"{path}: missing; is {run_dir} a trained lesionseg run?")
-    from lesionseg.model import load_model
+    from lesionseg.model.unet import load_model
 
     try:
         return load_model(path)

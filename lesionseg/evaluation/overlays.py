@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionseg.io import atomic_path
-from lesionseg.lesions import STATUS_FN, STATUS_FP, STATUS_TP
+from lesionseg.data.io import atomic_path
+from lesionseg.evaluation.lesions import STATUS_FN, STATUS_FP, STATUS_TP
 
 #: RGB colour per status code
 COLOURS = {STATUS_TP: (0.0, 0.85, 0.0), STATUS_FN: (1.0, 0.0, 0.0), STATUS_FP: (1.0, 0.9, 0.0)}
@@ -23,7 +23,7 @@ def pick_slices(status: np.ndarray, n_slices: int = 3, axis: int = 2) -> list[in
     Parameters
     ----------
     status : numpy.ndarray
-        (D, H, W) uint8 status codes (:func:`lesionseg.lesions.lesion_status_map`).
+        (D, H, W) uint8 status codes (:func:`lesionseg.evaluation.lesions.lesion_status_map`).
     n_slices : int
         Number of slices wanted.
     axis : int

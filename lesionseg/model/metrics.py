@@ -12,7 +12,7 @@ not depend on how patches fall into batches:
 
 A Dice whose denominator is 0 (no lesion voxel, none predicted) is NaN, as in
 the evaluation reports (docs/METRICS.md).  Logits become probabilities only
-through :func:`lesionseg.heads.lesion_probability`.  ``sample_weight`` is
+through :func:`lesionseg.model.heads.lesion_probability`.  ``sample_weight`` is
 ignored.
 """
 
@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from lesionseg.heads import head_channels, lesion_probability
+from lesionseg.model.heads import head_channels, lesion_probability
 
 THRESHOLD = 0.5
 

@@ -7,7 +7,7 @@ followed by normalisation and ReLU/LeakyReLU; max-pooling down, transposed
 convolution (or nearest up-sampling + 3×3×3 convolution) up, skip
 connections by concatenation, dropout in the bottleneck and decoder.  The
 head is a 1×1×1 convolution with **no activation** giving K logits (1 for a
-sigmoid head, 2 for softmax); :mod:`lesionseg.heads` turns them into
+sigmoid head, 2 for softmax); :mod:`lesionseg.model.heads` turns them into
 probabilities.
 
 The spatial input dimensions are ``None``, so one model predicts any window
@@ -27,7 +27,7 @@ import keras
 
 from lesionseg.config import ModelConfig
 from lesionseg.errors import LesionsegError
-from lesionseg.heads import HEADS, head_channels
+from lesionseg.model.heads import HEADS, head_channels
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def assert_emits_logits(model: keras.Model, head: str | None = None) -> None:
         If the last layer is an activation layer or has a non-linear
         ``activation`` (e.g. a sigmoid/softmax/ReLU head), or has the wrong
         number of channels.  Probabilities must be made by
-        :mod:`lesionseg.heads`, never inside the model.
+        :mod:`lesionseg.model.heads`, never inside the model.
     """
     layer = model.layers[-1]
     kind = type(layer).__name__
@@ -207,7 +207,7 @@ def assert_emits_logits(model: keras.Model, head: str | None = None) -> None:
         raise LesionsegError(
             f"model {model.name!r}: output layer {layer.name!r} applies {what!r}; lesionseg "
             "models must emit logits (no activation on the head) — probabilities are made "
-            "in lesionseg.heads"
+            "in lesionseg.model.heads"
         )
     if head is not None:
         k = head_channels(head)
@@ -240,8 +240,8 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
     LesionsegError
         Missing or unreadable file.
     """
-    import lesionseg.losses  # noqa: F401  (registers the serialisable loss)
-    import lesionseg.metrics  # noqa: F401  (registers the metrics)
+    import lesionseg.model.losses  # noqa: F401  (registers the serialisable loss)
+    import lesionseg.model.metrics  # noqa: F401  (registers the metrics)
 
     path = Path(path)
     if not path.is_file():

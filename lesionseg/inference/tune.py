@@ -4,7 +4,7 @@ Lesion-wise F1 depends strongly on two post-processing choices that the
 training loss never sees: the probability threshold and the minimum size of
 a predicted lesion (tiny false positives cost as much as big ones).  The
 cases are predicted once; every (threshold, minimum size) pair of a grid is
-then scored with :func:`lesionseg.lesions.evaluate_case` (the run's
+then scored with :func:`lesionseg.evaluation.lesions.evaluate_case` (the run's
 ``[evaluate]`` criterion) and the pair with the highest *pooled* lesion F1
 (counts summed over cases) wins; ties go to the higher mean Dice, then the
 smaller minimum size, then the threshold closest to 0.5.  The winner is
@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lesionseg import io
+from lesionseg.data import io
 from lesionseg.config import Config, EvaluateConfig
 from lesionseg.errors import LesionsegError
-from lesionseg.inference import component_sizes, decide
-from lesionseg.lesions import OVERSEGMENTATION, evaluate_case, harmonic_f1, ratio
-from lesionseg.predict import (
+from lesionseg.inference.sliding_window import component_sizes, decide
+from lesionseg.evaluation.lesions import OVERSEGMENTATION, evaluate_case, harmonic_f1, ratio
+from lesionseg.inference.predictor import (
     TUNING_FILE,
     check_model,
     load_run_model,
@@ -157,7 +157,7 @@ def tune_threshold_and_size(
         The best pair: highest pooled F1 (``Σ TP_pred / Σ n_pred`` and
         ``Σ TP / Σ GT``), then higher mean Dice, then smaller minimum size,
         then the threshold closest to 0.5.  Pairs whose predicted volume
-        exceeds :data:`~lesionseg.lesions.OVERSEGMENTATION` × the truth
+        exceeds :data:`~lesionseg.evaluation.lesions.OVERSEGMENTATION` × the truth
         volume are not chosen on their F1 (one merged blob touching every
         lesion scores F1 = 1 under ``any``), as in training's model selection.
 
@@ -276,7 +276,7 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
     -------
     TuningResult
     """
-    from lesionseg.predict import check_channels, check_infer_config, prepare_for_inference
+    from lesionseg.inference.predictor import check_channels, check_infer_config, prepare_for_inference
     from lesionseg.runtime import configure_backend
 
     run_dir, data_dir = Path(run_dir), Path(data_dir)

@@ -3,26 +3,26 @@
 One call of :func:`train` does, in order:
 
 1. split the labelled cases into training and validation, whole patients at
-   a time (:mod:`lesionseg.split`, ``data.group_pattern``);
-2. load and normalise them once (:func:`lesionseg.dataset.load_cases`); every
+   a time (:mod:`lesionseg.data.split`, ``data.group_pattern``);
+2. load and normalise them once (:func:`lesionseg.sampling.feed.load_cases`); every
    epoch draws new lesion-aware, augmented patches
-   (:class:`lesionseg.dataset.PatchSequence`, seeded per epoch);
+   (:class:`lesionseg.sampling.feed.PatchSequence`, seeded per epoch);
 3. build the model and the loss named in the config, Adam with a
    reduce-on-plateau, cosine or constant learning rate, inside a
    ``tf.distribute`` strategy when one is configured (TensorFlow only);
 4. after each epoch: predict the validation cases as whole volumes
-   (sliding window, :mod:`lesionseg.predict`), match lesions
-   (:mod:`lesionseg.lesions`), keep ``model.keras`` when the pooled
+   (sliding window, :mod:`lesionseg.inference.predictor`), match lesions
+   (:mod:`lesionseg.evaluation.lesions`), keep ``model.keras`` when the pooled
    lesion-wise F1 improves (ties: higher Dice), write the validation reports
    of that model, the history, the curves and a last-epoch checkpoint;
-5. watch for the classic failures (:mod:`lesionseg.diagnostics`) and stop on
+5. watch for the classic failures (:mod:`lesionseg.training.diagnostics`) and stop on
    a NaN loss with the last good model kept.
 
 Run folder::
 
     RUN/model.keras          best model (by validation lesion F1)
     RUN/config.yaml          resolved configuration
-    RUN/history.csv          one row per epoch (lesionseg.curves.HISTORY_COLUMNS)
+    RUN/history.csv          one row per epoch (lesionseg.training.curves.HISTORY_COLUMNS)
     RUN/curves.png           loss/lr, Dice, lesion P/R/F1, foreground fractions
     RUN/validation/          lesions.csv, cases.csv, summary.csv of the best model
     RUN/split.csv            case, group, side (train/val)
@@ -54,12 +54,12 @@ from typing import Any
 
 import numpy as np
 
-from lesionseg import io
+from lesionseg.data import io
 from lesionseg.config import Config, save_config
-from lesionseg.curves import plot_curves, read_history, write_history
+from lesionseg.training.curves import plot_curves, read_history, write_history
 from lesionseg.errors import LesionsegError
 from lesionseg.logs import add_file_log
-from lesionseg.split import Split, split_cases
+from lesionseg.data.split import Split, split_cases
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ WEIGHTS_FILE = "last.npz"
 SCHEDULES = ("plateau", "cosine", "constant")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 #: a validation prediction above this multiple of the truth volume is not selected on its lesion F1
-from lesionseg.lesions import OVERSEGMENTATION  # noqa: E402
+from lesionseg.evaluation.lesions import OVERSEGMENTATION  # noqa: E402
 
 
 class TrainingStopped(LesionsegError):
@@ -115,7 +115,7 @@ class RunState:
     stopped_early : bool
         Early stopping ended it.
     monitor : dict
-        :meth:`lesionseg.diagnostics.TrainingMonitor.state_dict`.
+        :meth:`lesionseg.training.diagnostics.TrainingMonitor.state_dict`.
     """
 
     epoch: int = 0
@@ -168,7 +168,7 @@ class ValidationResult:
     truth_voxels, pred_voxels : int
         Lesion voxels of the masks and of the predictions, all cases.
     evaluations : list
-        The :class:`lesionseg.lesions.CaseEvaluation` of every case.
+        The :class:`lesionseg.evaluation.lesions.CaseEvaluation` of every case.
     seconds : float
         Time taken.
     """
@@ -239,9 +239,9 @@ def validate(model: Any, cases: Sequence[Any], config: Config, distributed: bool
     -------
     ValidationResult
     """
-    from lesionseg.lesions import evaluate_case
-    from lesionseg.predict import postprocess, predict_probability
-    from lesionseg.report import summary_table
+    from lesionseg.evaluation.lesions import evaluate_case
+    from lesionseg.inference.predictor import postprocess, predict_probability
+    from lesionseg.evaluation.report import summary_table
 
     t0 = time.perf_counter()
     evaluations = []
@@ -588,7 +588,7 @@ class _Run:
                 f"volume(s) with {gt} lesion(s) at epoch {epoch}. Likely causes: learning rate too high, "
                 "a loss dominated by background, or too few lesion patches (see the training diagnostics)."
             )
-            from lesionseg.diagnostics import Finding
+            from lesionseg.training.diagnostics import Finding
 
             self.diagnostics._report([Finding("collapse", epoch, msg)])
             self.reported = len(self.diagnostics.findings)
@@ -627,7 +627,7 @@ class _Run:
         with io.atomic_path(self.run_dir / MODEL_FILE) as tmp:
             model.save(tmp)
         if evaluations:
-            from lesionseg.report import write_reports
+            from lesionseg.evaluation.report import write_reports
 
             final = self.run_dir / "validation"
             tmp_dir = self.run_dir / ".validation.tmp"
@@ -792,11 +792,11 @@ def _train(
 ) -> Path:
     import keras
 
-    from lesionseg.dataset import PatchSequence, load_cases
-    from lesionseg.diagnostics import DiagnosticsCallback, TrainingMonitor, diagnostic_metrics
-    from lesionseg.losses import get_loss
-    from lesionseg.metrics import make_metrics
-    from lesionseg.model import build_unet, count_parameters
+    from lesionseg.sampling.feed import PatchSequence, load_cases
+    from lesionseg.training.diagnostics import DiagnosticsCallback, TrainingMonitor, diagnostic_metrics
+    from lesionseg.model.losses import get_loss
+    from lesionseg.model.metrics import make_metrics
+    from lesionseg.model.unet import build_unet, count_parameters
 
     cfg = config.train
     log.info("training %s -> %s (backend %s, %s)", data_dir, run_dir, backend, "resume" if resume else "new run")

@@ -17,7 +17,7 @@ Writes what training would see, to inspect or to reuse:
 * ``P/config.yaml``: the resolved configuration.
 
 Patch ``n`` of the bank is patch ``n`` of epoch 0 of a
-:class:`~lesionseg.dataset.PatchSequence` built with
+:class:`~lesionseg.sampling.feed.PatchSequence` built with
 ``seed = config.patches.seed`` and ``augment=False``.
 """
 
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from lesionseg.config import Config, save_config
 from lesionseg.errors import LesionsegError
-from lesionseg.io import atomic_path, list_cases
+from lesionseg.data.io import atomic_path, list_cases
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def write_patch_bank(config: Config, data_dir: Path, out_dir: Path) -> Path:
     Path
         ``P/index.csv`` (written last, atomically, like every file here).
     """
-    from lesionseg.dataset import cut_patch, load_cases
-    from lesionseg.sampling import PatchSampler
+    from lesionseg.sampling.feed import cut_patch, load_cases
+    from lesionseg.sampling.sampler import PatchSampler
 
     cfg = config.patches
     if cfg.n_patches < 1:

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from lesionseg.errors import DataError
-from lesionseg.io import (
+from lesionseg.data.io import (
     Grid,
     _grid_mismatch,
     display_path,
@@ -115,7 +115,7 @@ def check_case(
     mask_name : str or None
         Stem of the mask that must be present; ``None`` for unlabeled data.
     mask_values : {"binary", "positive"}
-        See :func:`lesionseg.io.read_mask`.
+        See :func:`lesionseg.data.io.read_mask`.
     affine_tolerance : float
         Largest allowed affine difference (mm) between the case's files.
     patch_size : sequence of int

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lesionseg.io import atomic_path
+from lesionseg.data.io import atomic_path
 
 HISTORY_COLUMNS = (
     "epoch",
