@@ -4,7 +4,7 @@ One 182×218×182 two-channel volume (the size of the shared MNI exams), the
 reference U-Net (depth 2, filters 16/32/64, batch norm, 48³ windows),
 overlap 0.5, Gaussian blending, 8 windows per batch.
 
-- lesionseg: :func:`lesionseg.inference.predictor.predict_probability` (Keras,
+- lesionseg: :meth:`lesionseg.inference.predictor.Predictor.probability` (Keras,
   ``predict_on_batch``) — windows/s, total seconds, stitching overhead
   (everything outside the model call, as a % of model time) and peak RSS.
 - MONAI (when ``torch`` and ``monai`` are installed, the ``bench`` extra):
@@ -58,7 +58,7 @@ def make_volume(shape, channels, seed=0):
 def run_lesionseg(args) -> dict:
     import numpy as np
 
-    from lesionseg.config import InferConfig, ModelConfig
+    from lesionseg.config import Config, InferConfig, ModelConfig, PatchConfig
     from lesionseg.inference.sliding_window import window_corners
     from lesionseg.runtime import configure_backend
 
@@ -93,11 +93,12 @@ def run_lesionseg(args) -> dict:
     for b in {args.batch, total % args.batch or args.batch}:
         predict_on_batch(np.zeros((b, *args.patch, args.channels), np.float32))
 
-    from lesionseg.inference.predictor import predict_probability
+    from lesionseg.inference.predictor import Predictor
 
     infer = InferConfig(overlap=args.overlap, blend="gaussian", batch_size=args.batch)
+    config = Config(patches=PatchConfig(size=tuple(args.patch)), model=cfg, infer=infer)
     t0 = time.perf_counter()
-    prob = predict_probability(Timed, image, infer, tuple(args.patch), "sigmoid")
+    prob = Predictor.from_model(Timed, config).probability(image)
     total_s = time.perf_counter() - t0
     assert prob.shape == tuple(args.shape) and prob.dtype == np.float32
     return {

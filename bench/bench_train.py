@@ -54,11 +54,14 @@ def main() -> int:
 
     from lesionseg.data import io
     from lesionseg.sampling.feed import PatchSequence, load_cases
-    from lesionseg.training.diagnostics import DiagnosticsCallback, TrainingMonitor, diagnostic_metrics
+    from lesionseg.training.diagnostics import TrainingMonitor
+    from lesionseg.training.monitor import DiagnosticsCallback, diagnostic_metrics
     from lesionseg.model.losses import get_loss
     from lesionseg.model.metrics import make_metrics
     from lesionseg.model.unet import build_unet, count_parameters
-    from lesionseg.training.train import _jit, progress_callback, validate
+    from lesionseg.training.distribution import jit_compile
+    from lesionseg.training.progress import progress_callback
+    from lesionseg.training.validation import validate
 
     cfg = config.train
     head = config.model.head
@@ -76,7 +79,7 @@ def main() -> int:
             optimizer=keras.optimizers.Adam(cfg.learning_rate),
             loss=get_loss(config.loss.name, head, **dict(config.loss.params)),
             metrics=metrics,
-            jit_compile=_jit(backend),
+            jit_compile=jit_compile(backend),
         )
         return model
 

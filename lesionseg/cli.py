@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from lesionseg import __version__
-from lesionseg.config import Config, load_config
+from lesionseg.config import (
+    Config,
+    check_training_config,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_override,
+)
 from lesionseg.errors import LesionsegError
 from lesionseg.logs import setup_logging
+from lesionseg.paths import check_output_file, check_output_folder, remove_stale_temporaries
 
 log = logging.getLogger("lesionseg")
 
@@ -115,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", type=Path, required=True, help="data folder with the masks")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--overlays", action="store_true", help="also write PNG overlays per case")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="score a prediction folder whose cases come from different models or settings")
     _add_config_args(p)
 
     p = sub.add_parser(
@@ -165,26 +177,27 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
+    config = _config(args)
     from lesionseg.sampling.bank import write_patch_bank
 
-    index = write_patch_bank(_config(args), args.data, args.out)
+    index = write_patch_bank(config, args.data, args.out)
     log.info("patch index: %s", index)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    base = args.out / "config.yaml" if args.resume and not args.config else None
+    config = _config(args, base)  # every section validated before the backend loads
+    check_training_config(config)
     from lesionseg.training.train import train
 
-    base = args.out / "config.yaml" if args.resume and not args.config else None
-    run_dir = train(_config(args, base), args.data, args.out, resume=args.resume)
+    run_dir = train(config, args.data, args.out, resume=args.resume)
     log.info("run written to %s", run_dir)
     return 0
 
 
 def _run_config(args: argparse.Namespace) -> Config:
     """The run's stored config with the [infer]/[evaluate] of --config and --set on top."""
-    from lesionseg.config import config_from_dict, config_to_dict, parse_override
-
     stored = args.model / "config.yaml"
     if not stored.is_file():
         raise LesionsegError(f"{stored}: missing; is {args.model} a lesionseg run folder?")
@@ -200,35 +213,35 @@ def _run_config(args: argparse.Namespace) -> Config:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from lesionseg.inference.predictor import run_inference
+    config = _run_config(args)
+    from lesionseg.inference.infer import run_inference
 
-    outputs = run_inference(args.model, _run_config(args), args.input, args.out)
+    outputs = run_inference(args.model, config, args.input, args.out)
     log.info("%d case(s) predicted into %s", len(outputs), args.out)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    config = _run_config(args)
     from lesionseg.inference.tune import tune_run
 
-    tune_run(args.model, _run_config(args), args.data)
+    tune_run(args.model, config, args.data)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from lesionseg.evaluation.report import evaluate_folder
-
     cfg = _config(args)
     if args.overlays:
-        from dataclasses import replace
-
         cfg = replace(cfg, evaluate=replace(cfg.evaluate, overlays=True))
-    out = evaluate_folder(args.pred, args.truth, args.out, cfg)
+    from lesionseg.evaluation.evaluate import evaluate_folder
+
+    out = evaluate_folder(args.pred, args.truth, args.out, cfg, allow_mixed=args.allow_mixed)
     log.info("reports written to %s", out)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lesionseg.evaluation.report import compare_reports, to_markdown
+    from lesionseg.evaluation.compare import compare_reports, to_markdown
 
     table = compare_reports(args.reports, args.out)
     print(to_markdown(table))
@@ -244,6 +257,29 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+# Folders a command reads that its output may not lie in, and output sub-folders holding atomic writes.
+_READS = {"patches": ("data",), "train": ("data",), "infer": ("input",), "evaluate": ("truth",)}
+_WRITES_UNDER = {"train": ("checkpoint", "validation"), "evaluate": ("overlays",)}
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output of the command usable (not a file, not inside an input, writable), before any work.
+
+    Also removes the temporaries that a killed earlier run of the command left in its output.
+    """
+    if args.command == "compare":
+        check_output_file(args.out)
+        return
+    if args.command == "tune":  # writes tuning.json into the run folder
+        check_output_folder(args.model)
+        return
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    check_output_folder(out, [getattr(args, name) for name in _READS.get(args.command, ())])
+    remove_stale_temporaries(out, *(out / sub for sub in _WRITES_UNDER.get(args.command, ())))
+
+
 COMMANDS = {
     "check": cmd_check,
     "patches": cmd_patches,
@@ -257,10 +293,17 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
+    """Run the command line; return the exit code.
+
+    Each subcommand validates its whole configuration first (in well under a second) and only
+    then imports its stage, so the deep-learning backend (seconds to load) starts after the
+    user's input is known to be sound.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any backend import
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     try:
+        check_outputs(args)
         return COMMANDS[args.command](args)
     except LesionsegError as exc:
         print(f"ERROR {exc}", file=sys.stderr)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +26,50 @@ from typing import Any
 import yaml
 
 from lesionseg.errors import LesionsegError
+from lesionseg.model.loss_spec import check_loss_name, check_loss_params
+
+# The vocabulary of the configuration: every choice a key accepts, in one place.
+MASK_VALUES = ("binary", "positive")
+NORMALIZATIONS = ("zscore", "minmax", "none")
+CONNECTIVITIES = (6, 18, 26)
+HEADS = ("sigmoid", "softmax")
+NORMS = ("batch", "instance", "group", "none")
+ACTIVATIONS = ("relu", "leaky_relu")
+UPSAMPLINGS = ("transpose", "upsample")
+MIN_DEPTH, MAX_DEPTH = 2, 5
+SCHEDULES = ("plateau", "cosine", "constant")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+BLENDS = ("gaussian", "uniform")
+PRECISIONS = ("float32", "bfloat16")
+CRITERIA = ("any", "anima", "iou", "brats")
+
+
+def _require(ok: bool, where: str, rule: str, value: Any) -> None:
+    """Raise the one-line config error ``config <where>: must be <rule>, got <value>`` unless ``ok``."""
+    if not ok:
+        shown = list(value) if isinstance(value, tuple) else value
+        raise LesionsegError(f"config {where}: must be {rule}, got {shown!r}")
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _in(where: str, value: Any, choices: tuple) -> None:
+    _require(value in choices, where, f"one of {', '.join(map(str, choices))}", value)
+
+
+def _at_least(where: str, value: Any, low: float) -> None:
+    _require(_number(value) and value >= low, where, f">= {low:g}", value)
+
+
+def _unit(where: str, value: Any, closed_high: bool = True) -> None:
+    ok = _number(value) and 0.0 <= value and (value <= 1.0 if closed_high else value < 1.0)
+    _require(ok, where, "in [0, 1]" if closed_high else "in [0, 1)", value)
+
+
+def _axes(where: str, axes: Any) -> None:
+    _require(all(a in (0, 1, 2) for a in tuple(axes)), where, "spatial axes 0, 1, 2", axes)
 
 
 @dataclass(frozen=True)
@@ -62,6 +108,26 @@ class DataConfig:
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     group_pattern: str | None = None
     affine_tolerance: float = 1e-3
+
+    def __post_init__(self) -> None:
+        channels = tuple(self.channels)
+        _require(len(channels) > 0 and all(isinstance(c, str) and c for c in channels)
+                 and len(set(channels)) == len(channels), "data.channels", "distinct non-empty names", channels)
+        _require(isinstance(self.mask, str) and bool(self.mask), "data.mask", "a file stem", self.mask)
+        _require(self.mask not in channels, "data.mask", "different from every channel", self.mask)
+        _in("data.mask_values", self.mask_values, MASK_VALUES)
+        _in("data.normalization", self.normalization, NORMALIZATIONS)
+        clip = tuple(self.clip_percentiles)
+        _require(len(clip) == 2 and all(_number(c) for c in clip) and 0.0 <= clip[0] < clip[1] <= 100.0,
+                 "data.clip_percentiles", "[low, high] with 0 <= low < high <= 100", clip)
+        if self.group_pattern is not None:
+            try:
+                re.compile(self.group_pattern)
+            except re.error as exc:
+                raise LesionsegError(
+                    f"config data.group_pattern {self.group_pattern!r}: invalid regular expression ({exc})"
+                ) from None
+        _at_least("data.affine_tolerance", self.affine_tolerance, 0.0)
 
 
 @dataclass(frozen=True)
@@ -108,6 +174,21 @@ class PatchConfig:
     n_patches: int = 200
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        size = tuple(self.size)
+        _require(len(size) == 3 and all(isinstance(n, int) and n >= 1 for n in size),
+                 "patches.size", "3 positive integers", size)
+        fractions = (self.lesion_fraction, self.foreground_fraction, self.random_fraction)
+        for name, value in zip(("lesion", "foreground", "random"), fractions):
+            _at_least(f"patches.{name}_fraction", value, 0.0)
+        _require(sum(fractions) > 0, "patches.lesion_fraction", "> 0 for at least one of the three fractions",
+                 fractions)
+        _require(_number(self.alpha), "patches.alpha", "a finite number", self.alpha)
+        _unit("patches.jitter", self.jitter)
+        _in("patches.connectivity", self.connectivity, CONNECTIVITIES)
+        _at_least("patches.n_patches", self.n_patches, 1)
+        _at_least("patches.seed", self.seed, 0)
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -136,6 +217,13 @@ class AugmentConfig:
     noise_std: float = 0.0
     noise_probability: float = 1.0
     rotate90: bool = False
+
+    def __post_init__(self) -> None:
+        _axes("augment.flip_axes", self.flip_axes)
+        for name in ("intensity_scale", "intensity_shift", "noise_std"):
+            _at_least(f"augment.{name}", getattr(self, name), 0.0)
+        _require(self.intensity_scale < 1.0, "augment.intensity_scale", "< 1", self.intensity_scale)
+        _unit("augment.noise_probability", self.noise_probability)
 
 
 @dataclass(frozen=True)
@@ -172,6 +260,20 @@ class ModelConfig:
     dropout: float = 0.0
     upsampling: str = "transpose"
 
+    def __post_init__(self) -> None:
+        _require(isinstance(self.depth, int) and MIN_DEPTH <= self.depth <= MAX_DEPTH,
+                 "model.depth", f"an integer in {MIN_DEPTH}..{MAX_DEPTH}", self.depth)
+        _require(isinstance(self.base_filters, int) and self.base_filters >= 1,
+                 "model.base_filters", "a positive integer", self.base_filters)
+        _require(_number(self.growth) and self.growth > 0, "model.growth", "> 0", self.growth)
+        _in("model.head", self.head, HEADS)
+        _in("model.norm", self.norm, NORMS)
+        _in("model.upsampling", self.upsampling, UPSAMPLINGS)
+        _require(self.activation in ACTIVATIONS, "model.activation",
+                 f"one of {', '.join(ACTIVATIONS)} (the head never has an activation: models emit logits)",
+                 self.activation)
+        _unit("model.dropout", self.dropout, closed_high=False)
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -188,6 +290,10 @@ class LossConfig:
 
     name: str = "dice"
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_loss_name(self.name)
+        check_loss_params(self.name, dict(self.params))
 
 
 @dataclass(frozen=True)
@@ -246,6 +352,19 @@ class TrainConfig:
     threads: int = 2
     diagnostics: bool = True
 
+    def __post_init__(self) -> None:
+        for key in ("epochs", "steps_per_epoch", "batch_size", "validate_every", "plateau_patience"):
+            _at_least(f"train.{key}", getattr(self, key), 1)
+        for key in ("early_stopping_patience", "seed", "threads", "min_learning_rate"):
+            _at_least(f"train.{key}", getattr(self, key), 0)
+        _require(_number(self.learning_rate) and self.learning_rate > 0, "train.learning_rate", "> 0",
+                 self.learning_rate)
+        _require(_number(self.plateau_factor) and 0 < self.plateau_factor < 1, "train.plateau_factor",
+                 "in (0, 1)", self.plateau_factor)
+        _in("train.schedule", self.schedule, SCHEDULES)
+        _unit("train.val_fraction", self.val_fraction, closed_high=False)
+        _in("train.strategy", self.strategy, STRATEGIES)
+
 
 @dataclass(frozen=True)
 class InferConfig:
@@ -301,6 +420,23 @@ class InferConfig:
     precision: str = "float32"
     crop_to_foreground: bool = True
 
+    def __post_init__(self) -> None:
+        _unit("infer.overlap", self.overlap, closed_high=False)
+        _in("infer.blend", self.blend, BLENDS)
+        _at_least("infer.batch_size", self.batch_size, 1)
+        _axes("infer.tta_flips", self.tta_flips)
+        if self.threshold is not None:
+            _unit("infer.threshold", self.threshold)
+        if self.min_lesion_mm3 is not None:
+            _at_least("infer.min_lesion_mm3", self.min_lesion_mm3, 0)
+        _in("infer.connectivity", self.connectivity, CONNECTIVITIES)
+        _at_least("infer.workers", self.workers, 1)
+        _require(len(self.tune_thresholds) > 0 and all(_number(t) and 0 <= t <= 1 for t in self.tune_thresholds),
+                 "infer.tune_thresholds", "a non-empty list in [0, 1]", self.tune_thresholds)
+        _require(len(self.tune_min_sizes_mm3) > 0 and all(_number(m) and m >= 0 for m in self.tune_min_sizes_mm3),
+                 "infer.tune_min_sizes_mm3", "a non-empty list of sizes >= 0", self.tune_min_sizes_mm3)
+        _in("infer.precision", self.precision, PRECISIONS)
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:
@@ -339,6 +475,17 @@ class EvaluateConfig:
     brats_dilation: int = 1
     overlays: bool = False
 
+    def __post_init__(self) -> None:
+        _in("evaluate.criterion", self.criterion, CRITERIA)
+        _in("evaluate.connectivity", self.connectivity, CONNECTIVITIES)
+        if self.min_lesion_mm3 is not None:
+            _at_least("evaluate.min_lesion_mm3", self.min_lesion_mm3, 0)
+        for name in ("anima_alpha", "anima_beta", "anima_gamma"):
+            _unit(f"evaluate.{name}", getattr(self, name))
+        _require(_number(self.iou_threshold) and 0 < self.iou_threshold <= 1, "evaluate.iou_threshold",
+                 "in (0, 1]", self.iou_threshold)
+        _at_least("evaluate.brats_dilation", self.brats_dilation, 0)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -354,21 +501,50 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
+def check_training_config(config: Config) -> None:
+    """The checks that involve two sections and matter only to ``train``: the patch fits the U-Net.
+
+    ``lesionseg train`` calls this right after loading, before the backend starts.
+    """
+    check_patch_size(config.patches.size, config.model.depth)
+
+
+def check_patch_size(patch_size: tuple[int, ...], depth: int) -> None:
+    """Raise :class:`LesionsegError` unless every side is a positive multiple of 2**depth."""
+    factor = 2**depth
+    sizes = tuple(patch_size)
+    if len(sizes) != 3 or any(int(s) != s or s <= 0 or s % factor for s in sizes):
+        nearest = tuple(max(factor, factor * round(s / factor)) for s in sizes[:3])
+        raise LesionsegError(
+            f"patch size {sizes} must be 3 positive multiples of 2**depth = {factor} "
+            f"(model.depth = {depth}), e.g. {nearest}"
+        )
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise LesionsegError(f"{path}: config file not found")
-    text = path.read_text()
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise LesionsegError(f"{path}: config must be .toml, .yaml or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LesionsegError(f"{path}: not a text file (a config is UTF-8 TOML, YAML or JSON)") from None
     try:
         if path.suffix == ".toml":
-            return tomllib.loads(text)
-        if path.suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text) or {}
-        if path.suffix == ".json":
-            return json.loads(text)
+            raw = tomllib.loads(text)
+        elif path.suffix == ".json":
+            raw = json.loads(text)
+        else:
+            raw = yaml.safe_load(text) or {}
     except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
         first = str(exc).splitlines()[0]
         raise LesionsegError(f"{path}: not a valid config file ({first})") from None
-    raise LesionsegError(f"{path}: config must be .toml, .yaml or .json")
+    if not isinstance(raw, dict):
+        raise LesionsegError(
+            f"{path}: a config is a table of sections ([data], [train], ...), got a {type(raw).__name__}"
+        )
+    return raw
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -488,7 +664,8 @@ def load_config(
     Returns
     -------
     Config
-        The resolved, validated configuration.
+        The resolved configuration, every section validated (types, ranges, choices and the
+        patch size against the model depth), also the sections the calling command uses later.
 
     Raises
     ------

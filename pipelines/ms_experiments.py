@@ -108,7 +108,7 @@ def untuned_predictions(prob_dir: Path, out_dir: Path) -> None:
     import nibabel as nib
     import numpy as np
 
-    from lesionseg.inference.sliding_window import decide
+    from lesionseg.inference.postprocess import decide
     from lesionseg.data.io import write_like
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 def cmd_tables(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from lesionseg.evaluation.report import to_markdown
+    from lesionseg.evaluation.compare import to_markdown
 
     out = Path(args.out)
     rows = []

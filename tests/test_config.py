@@ -66,7 +66,9 @@ def test_bad_file(tmp_path):
 
 
 def test_save_and_reload_is_identical(tmp_path):
-    cfg = load_config(None, ["model.head=softmax", "train.val_cases=[a, b]", "loss.params.delta=0.6"])
+    cfg = load_config(
+        None, ["model.head=softmax", "train.val_cases=[a, b]", "loss.name=tversky", "loss.params.delta=0.6"]
+    )
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(path) == cfg
     assert config_to_dict(cfg)["train"]["val_cases"] == ["a", "b"]
@@ -80,3 +82,101 @@ def test_pipeline_configs_load(name):
     if not path.exists():
         pytest.skip(f"{path.name} not written yet")
     load_config(path)
+
+
+# ---------------------------------------------------------------- every value range-checked at load
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.clip_percentiles=[99.5, 0.5]", "data.clip_percentiles"),
+        ("data.clip_percentiles=[-5, 150]", "data.clip_percentiles"),
+        ("data.clip_percentiles=[1, 2, 3]", "data.clip_percentiles"),
+        ("data.normalization=zscored", "data.normalization"),
+        ("data.mask_values=any", "data.mask_values"),
+        ("data.channels=[]", "data.channels"),
+        ("data.channels=[flair, flair]", "data.channels"),
+        ("data.group_pattern='('", "data.group_pattern"),
+        ("patches.size=[48, 48]", "patches.size"),
+        ("patches.jitter=2", "patches.jitter"),
+        ("patches.lesion_fraction=-0.1", "patches.lesion_fraction"),
+        ("patches.connectivity=8", "patches.connectivity"),
+        ("augment.flip_axes=[3]", "augment.flip_axes"),
+        ("augment.intensity_scale=1.5", "augment.intensity_scale"),
+        ("augment.noise_probability=2", "augment.noise_probability"),
+        ("model.depth=7", "model.depth"),
+        ("model.head=linear", "model.head"),
+        ("model.activation=softmax", "model.activation"),
+        ("model.dropout=1", "model.dropout"),
+        ("loss.name=dicee", "loss.name"),
+        ("loss.params.smooth=0", "smooth must be"),
+        ("train.epochs=-1", "train.epochs"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.learning_rate=0", "train.learning_rate"),
+        ("train.schedule=linear", "train.schedule"),
+        ("train.val_fraction=1", "train.val_fraction"),
+        ("train.strategy=everywhere", "train.strategy"),
+        ("infer.overlap=1.5", "infer.overlap"),
+        ("infer.overlap=1", "infer.overlap"),
+        ("infer.blend=gausian", "infer.blend"),
+        ("infer.threshold=2", "infer.threshold"),
+        ("infer.tta_flips=[5]", "infer.tta_flips"),
+        ("infer.workers=0", "infer.workers"),
+        ("infer.tune_thresholds=[]", "infer.tune_thresholds"),
+        ("infer.tune_thresholds=[1.5]", "infer.tune_thresholds"),
+        ("infer.tune_min_sizes_mm3=[-1]", "infer.tune_min_sizes_mm3"),
+        ("infer.precision=float16", "infer.precision"),
+        ("evaluate.criterion=dice", "evaluate.criterion"),
+        ("evaluate.iou_threshold=0", "evaluate.iou_threshold"),
+        ("evaluate.min_lesion_mm3=-3", "evaluate.min_lesion_mm3"),
+    ],
+)
+def test_every_section_is_range_checked_at_load(override, key):
+    with pytest.raises(LesionsegError, match=key.replace(".", r"\.")) as err:
+        load_config(None, [override])
+    assert "\n" not in str(err.value)
+
+
+def test_patch_size_is_checked_against_the_model_depth_before_training(tmp_path, capsys):
+    from lesionseg.cli import main
+    from lesionseg.config import check_training_config
+
+    with pytest.raises(LesionsegError, match=r"2\*\*depth = 8"):
+        check_training_config(load_config(None, ["model.depth=3", "patches.size=[36, 48, 48]"]))
+    check_training_config(load_config(None, ["model.depth=3", "patches.size=[32, 48, 64]"]))
+    (tmp_path / "data").mkdir()
+    argv = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "X"), "--set", "patches.size=[18,16,16]"]
+    assert main(argv) == 1
+    assert "2**depth = 4" in capsys.readouterr().err and not (tmp_path / "X").exists()
+
+
+def test_a_bad_config_is_refused_before_the_backend_loads(tmp_path):
+    """`train` with a typo anywhere in the config: exit 1, one line, no run folder, no Keras import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "X"
+    for override in ("infer.blend=gausian", "train.epochs=-1"):
+        code = (
+            "import sys; from lesionseg.cli import main; "
+            f"rc = main(['train', '--config', {str(root / 'pipelines' / 'smoke.toml')!r}, '--data', "
+            f"{str(root / 'data_samples')!r}, '--out', {str(out)!r}, '--set', {override!r}]); "
+            "print('keras' in sys.modules, 'tensorflow' in sys.modules); sys.exit(rc)"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1
+        assert proc.stdout.split() == ["False", "False"]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ERROR config ") and override.split("=")[0] in lines[0]
+        assert not out.exists()
+
+
+def test_the_vocabulary_of_the_config_is_the_code_s():
+    """Every choice the config accepts is implemented, and every implemented one is accepted."""
+    from lesionseg.config import CRITERIA
+    from lesionseg.evaluation.criteria import CRITERIA as REGISTRY
+
+    assert set(REGISTRY) == set(CRITERIA)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import make_case
 
-from lesionseg.sampling.augment import augment_patch, check_augment_config, intensity_jitter, random_rot90
+from lesionseg.sampling.augment import augment_patch, intensity_jitter, random_rot90
 from lesionseg.config import AugmentConfig, Config, PatchConfig
 from lesionseg.sampling.feed import PatchSequence, PreparedCase, cut_patch, load_cases
 from lesionseg.errors import DataError, LesionsegError
@@ -238,8 +238,8 @@ def test_rot90_keeps_the_shape_of_non_square_patches():
 
 def test_bad_augment_settings_are_user_errors():
     with pytest.raises(LesionsegError, match="intensity_scale"):
-        check_augment_config(AugmentConfig(intensity_scale=1.5))
+        AugmentConfig(intensity_scale=1.5)
     with pytest.raises(LesionsegError, match="noise_std"):
-        check_augment_config(AugmentConfig(noise_std=-1))
+        AugmentConfig(noise_std=-1)
     with pytest.raises(LesionsegError, match="noise_probability"):
-        check_augment_config(AugmentConfig(noise_probability=2))
+        AugmentConfig(noise_probability=2)

@@ -17,13 +17,12 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from lesionseg.training.diagnostics import (  # noqa: E402
-    DiagnosticsCallback,
     EpochStats,
     TrainingMonitor,
-    diagnostic_metrics,
     output_range_problem,
     reference_losses,
 )
+from lesionseg.training.monitor import DiagnosticsCallback, diagnostic_metrics  # noqa: E402
 from lesionseg.model.losses import get_loss  # noqa: E402
 from lesionseg.model.metrics import make_metrics  # noqa: E402
 

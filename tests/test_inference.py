@@ -9,16 +9,13 @@ import numpy as np
 import pytest
 
 from lesionseg.model.heads import lesion_probability_numpy
-from lesionseg.inference.sliding_window import (
-    decide,
+from lesionseg.inference.postprocess import decide, remove_small_components
+from lesionseg.inference.sliding_window import gaussian_weights, predict_volume, window_starts
+from lesionseg.inference.window_options import (
+    WindowOptions,
     flip_combinations,
     foreground_box,
-    gaussian_weights,
-    predict_volume,
-    predict_volume_cropped,
-    predict_volume_tta,
-    remove_small_components,
-    window_starts,
+    predict_windows,
 )
 
 
@@ -224,7 +221,7 @@ def test_flip_combinations():
 
 def test_tta_of_an_identity_is_the_input():
     image = np.random.default_rng(2).standard_normal((11, 9, 10, 1)).astype(np.float32)
-    out = predict_volume_tta(image, identity, (6, 6, 6), 0.5, "gaussian", 4, flip_axes=(0, 1, 2))
+    out = predict_windows(image, identity, WindowOptions((6, 6, 6), 0.5, "gaussian", 4, tta_flips=(0, 1, 2)))
     np.testing.assert_allclose(out, image, rtol=1e-5, atol=1e-5)
 
 
@@ -237,11 +234,11 @@ def test_tta_averages_flipped_probabilities():
         return np.broadcast_to(ramp, (*batch.shape[:4], 1)).copy()
 
     image = np.zeros((10, 8, 8, 1), np.float32)
-    plain = predict_volume_tta(image, biased, (6, 6, 6), 0.5, "uniform", 4, flip_axes=())
+    plain = predict_windows(image, biased, WindowOptions((6, 6, 6), 0.5, "uniform", 4, tta_flips=()))
     assert plain.std() > 0.1
-    flipped = predict_volume_tta(image, biased, (6, 6, 6), 0.5, "uniform", 4, flip_axes=(0,))
+    flipped = predict_windows(image, biased, WindowOptions((6, 6, 6), 0.5, "uniform", 4, tta_flips=(0,)))
     np.testing.assert_allclose(flipped, 0.5, rtol=1e-6)
-    other = predict_volume_tta(image, biased, (6, 6, 6), 0.5, "uniform", 4, flip_axes=(1,))
+    other = predict_windows(image, biased, WindowOptions((6, 6, 6), 0.5, "uniform", 4, tta_flips=(1,)))
     np.testing.assert_allclose(other, plain, rtol=1e-6)
 
 
@@ -330,7 +327,8 @@ def test_cropped_identity_returns_the_input_and_runs_fewer_windows():
         seen.append(len(batch))
         return batch.copy()
 
-    out = predict_volume_cropped(image, spy, (8, 8, 8), overlap=0.5, blend="uniform", batch_size=4)
+    crop = WindowOptions((8, 8, 8), overlap=0.5, blend="uniform", batch_size=4, crop_to_foreground=True)
+    out = predict_windows(image, spy, crop)
     np.testing.assert_allclose(out, image, rtol=1e-6, atol=1e-6)  # zeros outside the box: the identity too
     cropped = sum(seen)
     seen.clear()
@@ -344,7 +342,8 @@ def test_cropped_prediction_is_zero_outside_the_box_and_matches_inside():
     def lesion_everywhere(batch):
         return np.ones((*batch.shape[:4], 1), np.float32)
 
-    out = predict_volume_cropped(image, lesion_everywhere, (8, 8, 8), overlap=0.5, margin=2)
+    crop = WindowOptions((8, 8, 8), overlap=0.5, crop_to_foreground=True, margin=2)
+    out = predict_windows(image, lesion_everywhere, crop)
     box = foreground_box(image, 2)
     np.testing.assert_allclose(out[box], 1.0, rtol=1e-6)
     outside = np.ones(image.shape[:3], bool)
@@ -354,7 +353,7 @@ def test_cropped_prediction_is_zero_outside_the_box_and_matches_inside():
 
 def test_cropping_an_image_without_zeros_is_the_whole_prediction():
     image = np.random.default_rng(4).standard_normal((17, 13, 11, 1)).astype(np.float32) + 10
-    a = predict_volume_cropped(image, identity, (8, 6, 5), overlap=0.5)
+    a = predict_windows(image, identity, WindowOptions((8, 6, 5), overlap=0.5, crop_to_foreground=True))
     b = predict_volume(image, identity, (8, 6, 5), overlap=0.5)
     np.testing.assert_array_equal(a, b)
 
@@ -363,5 +362,6 @@ def test_an_all_zero_image_predicts_nothing_without_running_the_model():
     def fail(batch):
         raise AssertionError("the model should not run on an empty image")
 
-    out = predict_volume_cropped(np.zeros((12, 12, 12, 2), np.float32), fail, (8, 8, 8))
+    crop = WindowOptions((8, 8, 8), crop_to_foreground=True)
+    out = predict_windows(np.zeros((12, 12, 12, 2), np.float32), fail, crop)
     assert out.shape == (12, 12, 12, 1) and not out.any()

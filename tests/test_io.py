@@ -75,7 +75,7 @@ def test_errors_name_file_and_problem(tmp_path):
     folder = make_case(tmp_path, "c1")
     with pytest.raises(DataError, match=r"^c1/t2.nii.gz: missing channel$"):
         read_case(folder, ["flair", "t2"])
-    write_nifti(folder / "t1.nii.gz", np.zeros((20, 22, 17), np.float32))
+    write_nifti(folder / "t1.nii.gz", np.arange(20 * 22 * 17, dtype=np.float32).reshape(20, 22, 17))
     with pytest.raises(DataError, match=r"c1/t1.nii.gz: shape \(20, 22, 17\) differs from c1/flair.nii.gz"):
         read_case(folder, ["flair", "t1"])
 
@@ -97,3 +97,50 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             tmp.write_bytes(b"partial")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_blank_or_constant_channel_is_refused_by_every_reader(tmp_path):
+    folder = make_case(tmp_path, "c1")
+    write_nifti(folder / "flair.nii.gz", np.zeros((20, 22, 18), np.float32))
+    with pytest.raises(DataError, match=r"^c1/flair.nii.gz: constant image \(every voxel is 0\)$"):
+        read_case(folder, ["flair", "t1"])
+
+
+def test_header_larger_than_the_file_is_refused_before_reading(tmp_path):
+    import gzip
+
+    small = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4))
+    small.header.set_data_shape((1000, 1000, 1000))  # claims 4 GB of float32
+    small.header["vox_offset"] = 352
+    raw = small.header.binaryblock + b"\0" * 4 + np.ones(64, np.float32).tobytes()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "flair.nii.gz").write_bytes(gzip.compress(raw))
+    (tmp_path / "c" / "flair.nii").write_bytes(raw)
+    for name in ("flair.nii.gz", "flair.nii"):
+        with pytest.raises(DataError, match=rf"^c/{name}: (truncated: the header describes|header claims)"):
+            from lesionseg.data.io import read_image
+
+            read_image(tmp_path / "c" / name)
+    small.header.set_data_shape((600, 600, 600))  # 216 M voxels: under the ceiling, over the file
+    (tmp_path / "c" / "t1.nii.gz").write_bytes(gzip.compress(small.header.binaryblock + b"\0" * 4 + b"\1" * 1000))
+    with pytest.raises(DataError, match=r"^c/t1.nii.gz: truncated: the header describes 864,000,352 bytes"):
+        read_image(tmp_path / "c" / "t1.nii.gz")
+
+
+def test_header_beyond_the_memory_ceiling_is_refused(tmp_path):
+    from lesionseg.data.io import MAX_VOXELS, read_image
+
+    img = nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4))
+    img.header.set_data_shape((2048, 2048, 2048))
+    img.header["vox_offset"] = 352
+    assert 2048**3 > MAX_VOXELS
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "flair.nii").write_bytes(img.header.binaryblock + b"\0" * 4 + b"\1" * 64)
+    with pytest.raises(DataError, match=r"^c/flair.nii: header claims 2048x2048x2048 voxels \(8590 M\), more than"):
+        read_image(tmp_path / "c" / "flair.nii")
+
+
+def test_almost_binary_float_mask_shows_the_values_that_differ(tmp_path):
+    write_nifti(tmp_path / "c" / "m.nii.gz", np.array([[[0, 1], [1.0000001, 0]]] * 2, np.float64))
+    with pytest.raises(DataError, match=r"found 0, 1, 1\.0000001\)"):
+        read_mask(tmp_path / "c" / "m.nii.gz")

@@ -13,17 +13,10 @@ import pytest
 
 from lesionseg.config import EvaluateConfig
 from lesionseg.errors import LesionsegError
-from lesionseg.evaluation.lesions import (
-    STATUS_FN,
-    STATUS_FP,
-    STATUS_TP,
-    dilate18,
-    evaluate_case,
-    harmonic_f1,
-    label_lesions,
-    lesion_status_map,
-    min_lesion_voxels,
-)
+from lesionseg.data.labels import label_lesions
+from lesionseg.evaluation.criteria import dilate18, min_lesion_voxels
+from lesionseg.evaluation.lesions import STATUS_FN, STATUS_FP, STATUS_TP, evaluate_case, lesion_status_map
+from lesionseg.evaluation.scoring import harmonic_f1
 
 NAN = math.nan
 SHAPE = (16, 12, 24)

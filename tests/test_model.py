@@ -172,6 +172,14 @@ def test_load_model_errors_name_the_file(tmp_path):
     broken.write_bytes(b"not a zip")
     with pytest.raises(LesionsegError, match="broken.keras: cannot load model"):
         load_model(broken)
+    good = tmp_path / "good.keras"
+    build_unet(ModelConfig(depth=2, base_filters=2), in_channels=1).save(good)
+    for name, data, why in (("empty.keras", b"", "empty file"),
+                            ("cut.keras", good.read_bytes()[:1000], "corrupt or truncated")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(LesionsegError, match=f"{name}: cannot load model \\({why}") as err:
+            load_model(tmp_path / name)
+        assert "not found" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- other backends

@@ -18,14 +18,9 @@ from lesionseg.cli import main
 from lesionseg.config import Config, DataConfig, InferConfig, ModelConfig, PatchConfig, save_config
 from lesionseg.errors import LesionsegError
 from lesionseg.data.normalize import normalize_image
-from lesionseg.inference.predictor import (
-    StoredTuning,
-    make_predict_fn,
-    postprocess,
-    predict_probability,
-    read_tuning,
-    resolve_decision,
-)
+from lesionseg.inference.postprocess import StoredTuning, postprocess, read_tuning, resolve_decision
+from lesionseg.inference.predictor import Predictor, make_predict_fn
+from lesionseg.inference.window_options import WindowOptions
 
 keras = pytest.importorskip("keras")
 
@@ -103,9 +98,19 @@ def test_wrong_head_is_an_error():
 def test_predict_probability_of_a_pointwise_model_is_pointwise(tta):
     image = np.random.default_rng(1).standard_normal((13, 10, 9, 2)).astype(np.float32)
     cfg = InferConfig(overlap=0.5, batch_size=3, tta_flips=tta)
-    prob = predict_probability(tiny_model(), image, cfg, (8, 8, 8), "sigmoid")
+    config = Config(patches=PatchConfig(size=(8, 8, 8)), model=ModelConfig(head="sigmoid"), infer=cfg)
+    prob = Predictor.from_model(tiny_model(), config).probability(image)
     assert prob.shape == (13, 10, 9) and prob.dtype == np.float32
     np.testing.assert_allclose(prob, expected_prob(image), rtol=1e-5, atol=1e-6)
+
+
+def test_window_options_come_from_the_config_once():
+    cfg = Config(
+        patches=PatchConfig(size=(8, 8, 4)),
+        infer=InferConfig(overlap=0.25, blend="uniform", batch_size=3, tta_flips=(0, 2), crop_to_foreground=False),
+    )
+    assert WindowOptions.from_config(cfg) == WindowOptions((8, 8, 4), 0.25, "uniform", 3, (0, 2), False)
+    assert Predictor.from_model(tiny_model(), cfg).window == WindowOptions.from_config(cfg)
 
 
 # ---------------------------------------------------------------- decision settings
@@ -173,8 +178,10 @@ def test_infer_cli_writes_both_outputs_on_the_input_grid(run_dir, data_dir, tmp_
     assert sorted(p.name for p in pred_dir.iterdir()) == [
         "caseA_pred.nii.gz",
         "caseA_prob.nii.gz",
+        "caseA_record.json",
         "caseB_pred.nii.gz",
         "caseB_prob.nii.gz",
+        "caseB_record.json",
     ]
     assert nib.aff2axcodes(LAS) == ("L", "A", "S")
     for case in ("caseA", "caseB"):
@@ -200,7 +207,10 @@ def test_infer_one_case_folder_with_overrides(run_dir, data_dir, tmp_path):
         ]
     )
     assert code == 0
-    assert sorted(p.name for p in pred_dir.iterdir()) == ["caseA_pred.nii.gz", "caseA_prob.nii.gz"]
+    assert sorted(p.name for p in pred_dir.iterdir()) == ["caseA_pred.nii.gz", "caseA_prob.nii.gz", "caseA_record.json"]
+    record = json.loads((pred_dir / "caseA_record.json").read_text())
+    assert record["case"] == "caseA" and record["threshold"] == 0.9 and record["model"] == str(run_dir)
+    assert len(record["model_sha256"]) == 64 and len(record["config_sha256"]) == 64
     prob = np.asanyarray(nib.load(str(pred_dir / "caseA_prob.nii.gz")).dataobj)
     pred = np.asanyarray(nib.load(str(pred_dir / "caseA_pred.nii.gz")).dataobj)
     np.testing.assert_array_equal(pred, (prob > 0.9).astype(np.uint8))

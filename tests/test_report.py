@@ -11,12 +11,17 @@ import pandas as pd
 import pytest
 from conftest import write_nifti
 
+import lesionseg.data.labels
+import lesionseg.evaluation.compare
+import lesionseg.evaluation.criteria
 import lesionseg.evaluation.lesions
 import lesionseg.evaluation.report
+import lesionseg.evaluation.scoring
 from lesionseg.cli import main
 from lesionseg.config import EvaluateConfig
+from lesionseg.evaluation.compare import compare_reports, run_name, to_markdown
 from lesionseg.evaluation.lesions import evaluate_case
-from lesionseg.evaluation.report import compare_reports, run_name, to_markdown, write_reports
+from lesionseg.evaluation.report import write_reports
 
 SHAPE = (12, 12, 12)
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm³ voxels, read from the header
@@ -267,7 +272,7 @@ def test_compare_reports_table_and_markdown(tmp_path, capsys):
     code, out, err = run_cli(["compare", str(r1), str(r2), "--out", str(out_csv)], capsys)
     assert code == 0, err
     table = pd.read_csv(out_csv)
-    contract_columns_first(table, lesionseg.evaluation.report.COMPARE_COLUMNS)
+    contract_columns_first(table, lesionseg.evaluation.compare.COMPARE_COLUMNS)
     assert table.run.tolist() == ["unet_dice", "baseline"]
     assert table.loc[0, ["GT", "TP", "FP", "FN"]].tolist() == [3, 2, 1, 1]
     assert table.loc[1, ["GT", "TP", "FP", "FN"]].tolist() == [2, 1, 1, 1]
@@ -299,6 +304,14 @@ def test_to_markdown_formats_nan_and_ints():
 
 
 def test_doctests():
-    for module in (lesionseg.evaluation.report, lesionseg.evaluation.lesions):
+    modules = (
+        lesionseg.evaluation.report,
+        lesionseg.evaluation.compare,
+        lesionseg.evaluation.lesions,
+        lesionseg.evaluation.criteria,
+        lesionseg.evaluation.scoring,
+        lesionseg.data.labels,
+    )
+    for module in modules:
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0

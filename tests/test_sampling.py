@@ -9,6 +9,7 @@ import pytest
 
 from lesionseg.errors import LesionsegError
 from lesionseg.data.io import read_mask
+from lesionseg.data.labels import label_components
 from lesionseg.sampling.sampler import (
     PatchSampler,
     PatchSpec,
@@ -17,7 +18,6 @@ from lesionseg.sampling.sampler import (
     coverage_matrix,
     extract_patch,
     index_lesions,
-    label_lesions,
     lesion_probabilities,
     summarize_targeting,
     target_counts,
@@ -55,7 +55,7 @@ def test_index_lesions_counts_and_volumes_of_known_lesions():
     assert sorted(table.volumes.tolist()) == [1] * 7 + [5 * 4 * 3]
     assert table.voxels.size == mask.sum()
     # every lesion's voxel list is exactly that component
-    labels, n = label_lesions(mask, 26)
+    labels, n = label_components(mask, 26)
     assert n == 8
     np.testing.assert_array_equal(table.labels(), labels)
     for lab in range(1, n + 1):
@@ -84,7 +84,7 @@ def test_empty_mask_and_foreground():
 
 def test_bad_connectivity_is_a_user_error():
     with pytest.raises(LesionsegError, match="connectivity"):
-        label_lesions(np.zeros((3, 3, 3)), 8)
+        label_components(np.zeros((3, 3, 3)), 8)
 
 
 # --- geometry ----------------------------------------------------------------------------------

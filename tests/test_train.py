@@ -80,22 +80,29 @@ def test_saved_model_emits_logits_and_predicts_volumes(smoke_run):
 
 
 def test_interrupt_and_resume_gives_the_same_history(smoke_run, data, tmp_path, monkeypatch, caplog):
+    import functools
+
+    import keras
+
     from lesionseg.training import train as train_mod
 
     run = tmp_path / "interrupted"
-    original = train_mod._Run.end_epoch
+    original = train_mod.train
 
-    def end_epoch_then_interrupt(self, model, epoch, logs, t0):
-        original(self, model, epoch, logs, t0)
-        if epoch == 1:
-            raise KeyboardInterrupt  # Ctrl-C right after epoch 1 was checkpointed
+    class InterruptAfterEpoch1(keras.callbacks.Callback):
+        """Called after the stage's own callbacks: epoch 1's history and checkpoint are written."""
 
-    monkeypatch.setattr(train_mod._Run, "end_epoch", end_epoch_then_interrupt)
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:  # 0-based: epoch 1
+                raise KeyboardInterrupt  # Ctrl-C right after epoch 1 was checkpointed
+
+    # the command line calls lesionseg.training.train.train: give it the extra callback
+    monkeypatch.setattr(train_mod, "train", functools.partial(original, callbacks=[InterruptAfterEpoch1()]))
     assert main(["train", "--config", str(SMOKE), "--data", str(data), "--out", str(run)]) == 130
     assert [r["epoch"] for r in read_history(run / "history.csv")] == [1]
     assert "--resume" in (run / "train.log").read_text()
 
-    monkeypatch.setattr(train_mod._Run, "end_epoch", original)
+    monkeypatch.setattr(train_mod, "train", original)
     with caplog.at_level(logging.INFO, logger="lesionseg"):
         assert main(["train", "--data", str(data), "--out", str(run), "--resume"]) == 0  # config from RUN
     assert "resuming after epoch 1" in caplog.text
@@ -210,7 +217,8 @@ def test_one_epoch_on_a_real_exam_pair(shared_ms, tmp_path):
 
 
 def test_bad_train_settings_are_config_errors(data, tmp_path):
-    from lesionseg.training.train import _check_train_config, make_strategy, train
+    from lesionseg.training.distribution import make_strategy
+    from lesionseg.training.train import _check_train_config, train
 
     with pytest.raises(LesionsegError, match="train.strategy"):
         make_strategy("everywhere", "tensorflow")
@@ -225,7 +233,8 @@ def test_bad_train_settings_are_config_errors(data, tmp_path):
 
 
 def test_learning_rate_schedules():
-    from lesionseg.training.train import RunState, cosine_lr
+    from lesionseg.training.checkpoint import RunState
+    from lesionseg.training.schedule import cosine_lr
 
     lrs = [cosine_lr(e, 5, 1e-3, 1e-5) for e in range(5)]
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
@@ -235,22 +244,18 @@ def test_learning_rate_schedules():
     assert again == state
 
 
-def test_reduce_on_plateau_and_early_stopping(tmp_path):
-    from types import SimpleNamespace
-
-    from lesionseg.training.train import RunState, _Run
+def test_reduce_on_plateau_and_early_stopping():
+    from lesionseg.training.schedule import Schedule
 
     cfg = load_config(SMOKE, ["train.plateau_patience=2", "train.plateau_factor=0.5", "train.early_stopping_patience=4"])
-    run = _Run(cfg, tmp_path, None, ["a case"], SimpleNamespace(findings=[]), RunState(lr=1e-3), [], writes=False)
-    model = SimpleNamespace(stop_training=False)
-    lrs = []
+    schedule = Schedule(cfg.train, epochs_per_update=cfg.train.validate_every)  # validated every epoch
+    lrs, stops = [], []
     for epoch, f1 in enumerate([0.2, 0.5, 0.4, 0.5, 0.3], 1):  # best at epoch 2, then 3 epochs without gain
-        run._schedule(model, epoch, f1, validated=True)
-        lrs.append(run.lr_for_epoch(epoch))
+        stops.append(schedule.update(epoch, f1))
+        lrs.append(schedule.lr_for_epoch(epoch))
     assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4])
-    assert not model.stop_training
-    run._schedule(model, 6, 0.45, validated=True)
-    assert model.stop_training  # 4 epochs without improvement
+    assert not any(stops)
+    assert schedule.update(6, 0.45)  # 4 epochs without improvement
 
 
 def test_history_round_trip_and_curves(tmp_path):

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cc3d
 import nibabel as nib
 import numpy as np
 
+from lesionseg.data.labels import label_components
 from lesionseg.errors import DataError
 from lesionseg.data.io import (
     Grid,
@@ -135,13 +135,10 @@ def check_case(
             error(f"{case}/{name}.nii.gz: missing channel")
             continue
         try:
-            data, img = read_image(path)
+            data, img = read_image(path)  # also refuses a blank or constant image
         except DataError as exc:
             error(str(exc))
             continue
-        lo, hi = float(data.min()), float(data.max())
-        if lo == hi:
-            error(f"{display_path(path)}: constant image (every voxel is {lo:g})")
         grids.append((grid_of(img), path))
         del data
 
@@ -155,8 +152,7 @@ def check_case(
                 mask, img = read_mask(path, mask_values)
                 grid = grid_of(img)
                 grids.append((grid, path))
-                _, lesions = cc3d.connected_components(mask, connectivity=26, return_N=True)
-                lesions = int(lesions)
+                _, lesions = label_components(mask, 26)
                 volume_ml = float(mask.sum()) * grid.voxel_volume_mm3 / 1000.0
                 if lesions == 0:
                     problems.append(Problem("WARNING", f"{display_path(path)}: mask is empty (no lesion)"))

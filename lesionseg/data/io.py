@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
-import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from lesionseg.errors import DataError
+from lesionseg.paths import temporary_name
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -171,7 +171,48 @@ def _spatial_shape_or_error(img: nib.Nifti1Image, path: Path) -> None:
         raise DataError(f"{display_path(path)}: not a 3D volume (shape {tuple(shape)})")
 
 
+#: The largest volume lesionseg reads (voxels): 2**29, 2 GiB as float32; a 1 mm brain is 7.2 M voxels.
+MAX_VOXELS = 2**29
+_DEFLATE_MAX_RATIO = 1032  # no deflate stream expands by more than this
+
+
+def _gzip_size(path: Path) -> int:
+    """Uncompressed size of a single-member gzip file, modulo 2**32 (its ISIZE trailer)."""
+    with open(path, "rb") as fh:
+        fh.seek(-4, 2)
+        return int.from_bytes(fh.read(4), "little")
+
+
+def check_data_size(img: nib.Nifti1Image, path: Path) -> None:
+    """Refuse, before reading, a header whose data is larger than the file or than memory allows.
+
+    Raises
+    ------
+    DataError
+        More than :data:`MAX_VOXELS` voxels, or a file too short for the data its header describes.
+    """
+    n = int(np.prod([int(s) for s in img.shape], dtype=np.int64))
+    if n > MAX_VOXELS:
+        raise DataError(
+            f"{display_path(path)}: header claims {'x'.join(map(str, img.shape))} voxels "
+            f"({n / 1e6:.0f} M), more than lesionseg reads ({MAX_VOXELS / 1e6:.0f} M)"
+        )
+    needed = int(getattr(img.dataobj, "offset", 0)) + n * img.get_data_dtype().itemsize
+    size = path.stat().st_size
+    if path.name.endswith(".gz"):
+        have = _gzip_size(path) if size >= 18 else 0
+        short = size * _DEFLATE_MAX_RATIO < needed or (needed < 2**32 and have < needed)
+    else:
+        have, short = size, size < needed
+    if short:
+        raise DataError(
+            f"{display_path(path)}: truncated: the header describes {needed:,} bytes, "
+            f"the file holds {have:,}"
+        )
+
+
 def _read_array(img: nib.Nifti1Image, path: Path, dtype: type) -> np.ndarray:
+    check_data_size(img, path)
     try:
         data = np.asarray(img.dataobj, dtype=dtype) if _has_scaling(img) else np.asanyarray(img.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
@@ -199,7 +240,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     Raises
     ------
     DataError
-        Missing, unreadable, not 3D, or containing NaN/Inf.
+        Missing, unreadable, not 3D, truncated or too large, containing NaN/Inf,
+        or blank (every voxel the same value: nothing to find lesions in).
     """
     path = Path(path)
     img = load_nifti(path)
@@ -208,6 +250,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     if not np.isfinite(data).all():
         bad = int(np.count_nonzero(~np.isfinite(data)))
         raise DataError(f"{display_path(path)}: contains NaN/Inf ({bad} voxels)")
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise DataError(f"{display_path(path)}: constant image (every voxel is {lo:g})")
     return data, img
 
 
@@ -253,7 +298,8 @@ def read_mask(path: str | Path, mask_values: str = "binary") -> tuple[np.ndarray
 
 
 def _fmt_value(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+    """A mask value as the user would read it: 1.0000001 stays distinct from 1."""
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
 def same_grid(a: Grid, b: Grid, tolerance: float = 1e-3) -> bool:
@@ -351,9 +397,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    name = path.name
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else path.suffix
-    tmp = path.parent / f".{name[: len(name) - len(suffix)]}.tmp-{uuid.uuid4().hex[:8]}{suffix}"
+    tmp = temporary_name(path)  # names the writing process: a rerun removes it if that one died
     try:
         yield tmp
         os.replace(tmp, path)

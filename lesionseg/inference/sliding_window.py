@@ -1,4 +1,4 @@
-"""Sliding-window inference on whole volumes, the decision and post-processing.
+"""Sliding-window inference on whole volumes: the window grid, weights and blending.
 
 Pure NumPy: the model enters only as ``predict_fn``, a callable mapping a batch
 of windows ``(B, d, h, w, C)`` to probabilities ``(B, d, h, w, K)``, so every
@@ -16,6 +16,11 @@ Memory stays bounded: one batch of windows at a time is predicted and added
 into a float32 accumulator of the volume's shape.  Weights and the window
 grid are separable, so the summed weight of a voxel is a product of three
 1D sums and no weight-sum volume is ever stored.
+
+Flip test-time augmentation, the crop to the non-zero box and the one
+:class:`~lesionseg.inference.window_options.WindowOptions` object that
+switches them on are in :mod:`lesionseg.inference.window_options`; the
+decision and the size filter in :mod:`lesionseg.inference.postprocess`.
 """
 
 from __future__ import annotations
@@ -25,13 +30,11 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 
-import cc3d
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 BLENDS = ("gaussian", "uniform")
-CONNECTIVITIES = (6, 18, 26)
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int, int], None]
@@ -226,11 +229,28 @@ def predict_volume(
     padded = _pad_to(image.astype(np.float32, copy=False), patch)
     pshape = padded.shape[:3]
     starts = [window_starts(int(s), p, overlap) for s, p in zip(pshape, patch)]
-    corners = list(itertools.product(*starts))
-    total = len(corners)
+    acc = _accumulate(padded, predict_fn, weights, list(itertools.product(*starts)), batch_size, progress)
+    s0, s1, s2 = _weight_sums(pshape, patch, starts, blend)
+    s12 = np.multiply.outer(s1[: shape[1]], s2[: shape[2]])
+    acc = acc[: shape[0], : shape[1], : shape[2]]
+    for i in range(shape[0]):  # divide slab by slab: no weight-sum volume
+        acc[i] /= (s0[i] * s12).astype(np.float32)[..., None]
+    return acc
 
+
+def _accumulate(
+    padded: np.ndarray,
+    predict_fn: PredictFn,
+    weights: np.ndarray,
+    corners: Sequence[tuple[int, int, int]],
+    batch_size: int,
+    progress: Progress | None,
+) -> np.ndarray:
+    """Predict the windows at ``corners`` batch by batch; the weighted sum (D', H', W', K) float32."""
+    patch = weights.shape
+    total = len(corners)
     acc: np.ndarray | None = None  # (D', H', W', K), allocated once K is known
-    batch = np.empty((min(batch_size, total), *patch, image.shape[3]), dtype=np.float32)
+    batch = np.empty((min(batch_size, total), *patch, padded.shape[3]), dtype=np.float32)
     d, h, w = patch
     for first in range(0, total, batch_size):
         chunk = corners[first : first + batch_size]
@@ -242,7 +262,7 @@ def predict_volume(
                 f"predict_fn returned shape {out.shape}, expected ({len(chunk)}, {d}, {h}, {w}, K)"
             )
         if acc is None:
-            acc = np.zeros((*pshape, out.shape[4]), dtype=np.float32)
+            acc = np.zeros((*padded.shape[:3], out.shape[4]), dtype=np.float32)
             weighted = np.empty(out.shape[1:], dtype=np.float32)
             w4 = weights[..., None]
         for b, (i, j, k) in enumerate(chunk):
@@ -252,11 +272,6 @@ def predict_volume(
         if progress is not None:
             progress(first + len(chunk), total)
     assert acc is not None
-    s0, s1, s2 = _weight_sums(pshape, patch, starts, blend)
-    s12 = np.multiply.outer(s1[: shape[1]], s2[: shape[2]])
-    acc = acc[: shape[0], : shape[1], : shape[2]]
-    for i in range(shape[0]):  # divide slab by slab: no weight-sum volume
-        acc[i] /= (s0[i] * s12).astype(np.float32)[..., None]
     return acc
 
 
@@ -266,229 +281,3 @@ def _pad_to(image: np.ndarray, patch: Sequence[int]) -> np.ndarray:
     if not any(after for _, after in pads):
         return image
     return np.pad(image, [*pads, (0, 0)], mode="constant")
-
-
-def flip_combinations(flip_axes: Sequence[int]) -> list[tuple[int, ...]]:
-    """All subsets of the spatial axes in ``flip_axes`` (the identity first)."""
-    axes = sorted({int(a) for a in flip_axes})
-    for a in axes:
-        if a not in (0, 1, 2):
-            raise ValueError(f"flip axes must be spatial axes 0, 1 or 2, got {a}")
-    return [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
-
-
-def flip_tta(predict_fn: PredictFn, flip_axes: Sequence[int]) -> PredictFn:
-    """Wrap ``predict_fn`` to average its probabilities over flips of each window.
-
-    For every subset of ``flip_axes`` (spatial axes 0–2 of the volume) the
-    batch is flipped, predicted and flipped back; the mean of the
-    probabilities (not of any decision) is returned.
-    """
-    combos = flip_combinations(flip_axes)
-    if len(combos) == 1:
-        return predict_fn
-
-    def averaged(batch: np.ndarray) -> np.ndarray:
-        total: np.ndarray | None = None
-        for combo in combos:
-            axes = tuple(a + 1 for a in combo)  # batch axis first
-            x = np.flip(batch, axes) if axes else batch
-            p = np.asarray(predict_fn(np.ascontiguousarray(x)), dtype=np.float32)
-            p = np.flip(p, axes) if axes else p
-            total = p.copy() if total is None else np.add(total, p, out=total)
-        assert total is not None
-        return total / np.float32(len(combos))
-
-    return averaged
-
-
-def predict_volume_tta(
-    image: np.ndarray,
-    predict_fn: PredictFn,
-    patch_size: Sequence[int] = (48, 48, 48),
-    overlap: float = 0.5,
-    blend: str = "gaussian",
-    batch_size: int = 8,
-    flip_axes: Sequence[int] = (),
-    *,
-    progress: Progress | None = None,
-) -> np.ndarray:
-    """:func:`predict_volume` with flip test-time augmentation.
-
-    Each window is also predicted flipped along every subset of
-    ``flip_axes`` (2**n predictions per window); the flipped-back
-    probabilities are averaged before blending.  With ``flip_axes=()`` this
-    is exactly :func:`predict_volume`.
-
-    Returns
-    -------
-    numpy.ndarray
-        (D, H, W, K) float32 averaged probabilities.
-    """
-    return predict_volume(
-        image,
-        flip_tta(predict_fn, flip_axes),
-        patch_size=patch_size,
-        overlap=overlap,
-        blend=blend,
-        batch_size=batch_size,
-        progress=progress,
-    )
-
-
-def foreground_box(image: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice] | None:
-    """Bounding box of the voxels where any channel is non-zero.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        (D, H, W, C) normalised image (0 outside the head/brain of a
-        skull-stripped scan).
-    margin : int
-        Voxels added on every side, clipped to the volume.
-
-    Returns
-    -------
-    tuple of slice or None
-        The box, or ``None`` when the image is all zeros.
-    """
-    nonzero = np.any(image != 0, axis=-1)
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(np.any(nonzero, axis=other))
-        if hits.size == 0:
-            return None
-        lo = max(0, int(hits[0]) - margin)
-        hi = min(image.shape[axis], int(hits[-1]) + 1 + margin)
-        box.append(slice(lo, hi))
-    return tuple(box)  # type: ignore[return-value]
-
-
-def predict_volume_cropped(
-    image: np.ndarray,
-    predict_fn: PredictFn,
-    patch_size: Sequence[int] = (48, 48, 48),
-    overlap: float = 0.5,
-    blend: str = "gaussian",
-    batch_size: int = 8,
-    flip_axes: Sequence[int] = (),
-    *,
-    margin: int | None = None,
-    progress: Progress | None = None,
-) -> np.ndarray:
-    """:func:`predict_volume_tta` over the non-zero box of the image only.
-
-    A skull-stripped 1 mm MNI exam (182×218×182) has its brain in a box of
-    about half the volume, so half the windows see nothing but zeros; they
-    are skipped and the probability outside the box is 0 (as nnU-Net crops
-    to the non-zero region).  An image without zeros is predicted whole.
-
-    Parameters
-    ----------
-    margin : int or None
-        Voxels kept around the box (``None``: an eighth of the window).
-    Other parameters as :func:`predict_volume_tta`.
-
-    Returns
-    -------
-    numpy.ndarray
-        (D, H, W, K) float32 probabilities; 0 outside the box (K is 1 for
-        an all-zero image, whose windows are never run).
-    """
-    image = np.asarray(image)
-    if image.ndim != 4:
-        raise ValueError(f"image must be (D, H, W, C), got shape {image.shape}")
-    if margin is None:
-        margin = max(int(p) for p in patch_size) // 8
-    box = foreground_box(image, margin)
-    if box is None:
-        return np.zeros((*image.shape[:3], 1), dtype=np.float32)
-    whole = all(b.start == 0 and b.stop == n for b, n in zip(box, image.shape[:3]))
-    region = image if whole else np.ascontiguousarray(image[box])
-    inner = predict_volume_tta(region, predict_fn, patch_size, overlap, blend, batch_size, flip_axes, progress=progress)
-    if whole:
-        return inner
-    out = np.zeros((*image.shape[:3], inner.shape[-1]), dtype=np.float32)
-    out[box] = inner
-    return out
-
-
-def decide(prob: np.ndarray, threshold: float) -> np.ndarray:
-    """Binary lesion mask: voxels whose probability exceeds ``threshold``.
-
-    Strictly greater, so ``threshold=0.5`` on the lesion probability of a
-    two-class softmax equals its argmax (ties go to background, as argmax
-    picks the first class).
-
-    Parameters
-    ----------
-    prob : numpy.ndarray
-        (D, H, W) lesion probabilities in [0, 1].
-    threshold : float
-        Decision threshold in [0, 1].
-
-    Returns
-    -------
-    numpy.ndarray
-        (D, H, W) uint8 in {0, 1}.
-    """
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    return (np.asarray(prob) > np.float32(threshold)).astype(np.uint8)
-
-
-def component_sizes(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, np.ndarray]:
-    """Label a binary mask and count the voxels of each component.
-
-    Returns
-    -------
-    labels : numpy.ndarray
-        (D, H, W) uint32 labels, 0 = background.
-    sizes : numpy.ndarray
-        (n + 1,) int64 voxel counts per label (``sizes[0]`` is background).
-    """
-    if connectivity not in CONNECTIVITIES:
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
-    labels = cc3d.connected_components(
-        np.ascontiguousarray(mask, dtype=np.uint8), connectivity=connectivity, out_dtype=np.uint32
-    )
-    sizes = np.bincount(labels.ravel())
-    return labels, sizes
-
-
-def remove_small_components(
-    mask: np.ndarray,
-    min_mm3: float,
-    zooms: Sequence[float],
-    connectivity: int = 26,
-) -> np.ndarray:
-    """Remove connected components smaller than ``min_mm3``.
-
-    Parameters
-    ----------
-    mask : numpy.ndarray
-        (D, H, W) binary mask (any non-zero is lesion).
-    min_mm3 : float
-        Components whose volume (voxels × voxel volume) is below this are
-        removed; components of exactly this volume are kept.  ≤ 0 keeps all.
-    zooms : sequence of float
-        Voxel size in mm per axis.
-    connectivity : {6, 18, 26}
-        Neighbourhood that joins voxels into one component.
-
-    Returns
-    -------
-    numpy.ndarray
-        (D, H, W) uint8 in {0, 1}.
-    """
-    binary = (np.asarray(mask) != 0).astype(np.uint8)
-    if connectivity not in CONNECTIVITIES:
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
-    if min_mm3 is None or min_mm3 <= 0 or not binary.any():
-        return binary
-    voxel_mm3 = float(np.prod([float(z) for z in zooms[:3]]))
-    labels, sizes = component_sizes(binary, connectivity)
-    keep = sizes.astype(np.float64) * voxel_mm3 >= float(min_mm3) * (1 - 1e-9)
-    keep[0] = False
-    return keep[labels].astype(np.uint8)

@@ -25,18 +25,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lesionseg.data import io
 from lesionseg.config import Config, EvaluateConfig
+from lesionseg.data import io
+from lesionseg.data.labels import ORIGIN_BOX, bounding_box, component_sizes
 from lesionseg.errors import LesionsegError
-from lesionseg.inference.sliding_window import component_sizes, decide
-from lesionseg.evaluation.lesions import OVERSEGMENTATION, evaluate_case, harmonic_f1, ratio
-from lesionseg.inference.predictor import (
-    TUNING_FILE,
-    check_model,
-    load_run_model,
-    predict_probability,
-    read_normalised,
-)
+from lesionseg.evaluation.lesions import evaluate_case
+from lesionseg.evaluation.scoring import CaseCounts, over_segmented, pool_counts, selection_key
+from lesionseg.inference.infer import check_channels, read_normalised
+from lesionseg.inference.postprocess import TUNING_FILE, decide
+from lesionseg.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +92,8 @@ def candidate_box(
     Voxels outside it are background in the truth and below every threshold
     tried, so cropping to it changes no component, count or Dice.
     """
-    fg = (np.asarray(prob) > min_threshold) | (np.asarray(truth) != 0)
-    if not fg.any():
-        return (slice(0, 1), slice(0, 1), slice(0, 1))
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(fg.any(axis=other))
-        box.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, fg.shape[axis])))
-    return tuple(box)  # type: ignore[return-value]
+    box = bounding_box(np.asarray(prob) > min_threshold, np.asarray(truth), margin=margin)
+    return box or ORIGIN_BOX
 
 
 def _crop_margin(eval_cfg: EvaluateConfig) -> int:
@@ -157,9 +147,11 @@ def tune_threshold_and_size(
         The best pair: highest pooled F1 (``Σ TP_pred / Σ n_pred`` and
         ``Σ TP / Σ GT``), then higher mean Dice, then smaller minimum size,
         then the threshold closest to 0.5.  Pairs whose predicted volume
-        exceeds :data:`~lesionseg.evaluation.lesions.OVERSEGMENTATION` × the truth
+        exceeds :data:`~lesionseg.evaluation.scoring.OVERSEGMENTATION` × the truth
         volume are not chosen on their F1 (one merged blob touching every
-        lesion scores F1 = 1 under ``any``), as in training's model selection.
+        lesion scores F1 = 1 under ``any``): the ranking is
+        :func:`~lesionseg.evaluation.scoring.selection_key`, as in training's
+        model selection, then the two tie-breaks.
 
     Raises
     ------
@@ -174,9 +166,41 @@ def tune_threshold_and_size(
         )
     ts, ms = _check_grid(thresholds, min_sizes_mm3)
     eval_cfg = eval_cfg or EvaluateConfig()
+    cases, voxels = _score_grid(probs, truths, zooms, ts, ms, eval_cfg, connectivity)
+    rows = _grid_rows(ts, ms, cases, voxels)
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+    def key(row: tuple) -> tuple[float, ...]:
+        # an over-segmented pair only wins when every pair is; then F1, Dice, smaller size, threshold near 0.5
+        return (*selection_key(row[10], row[11], row[14]), -row[1], -abs(row[0] - 0.5))
+
+    best = max(rows, key=key)
+    return TuningResult(
+        threshold=best[0], min_lesion_mm3=best[1], lesion_f1=best[10], table=table, dice=best[11]
+    )
+
+
+def _score_grid(
+    probs: list[np.ndarray],
+    truths: list[np.ndarray],
+    zooms: list,
+    ts: list[float],
+    ms: list[float],
+    eval_cfg: EvaluateConfig,
+    connectivity: int,
+) -> tuple[list[list[CaseCounts]], np.ndarray]:
+    """Per (threshold, min size) pair, in row order: the counts of every case and the voxels.
+
+    Returns
+    -------
+    cases : list of list of CaseCounts
+        Per pair, the counts of every case (for pooling).
+    voxels : numpy.ndarray
+        (pairs, 2) int64: predicted and truth voxels, summed over cases.
+    """
     n_pairs = len(ts) * len(ms)
-    counts = np.zeros((n_pairs, 8), dtype=np.int64)  # GT, TP, FN, FP, n_pred, TP_pred, pred/truth voxels
-    dices: list[list[float]] = [[] for _ in range(n_pairs)]
+    cases: list[list[CaseCounts]] = [[] for _ in range(n_pairs)]
+    voxels = np.zeros((n_pairs, 2), dtype=np.int64)  # predicted, truth voxels
     margin = _crop_margin(eval_cfg)
     for prob, truth, zoom in zip(probs, truths, zooms):
         prob, truth = np.asarray(prob), np.asarray(truth)
@@ -195,42 +219,28 @@ def tune_threshold_and_size(
                 keep[0] = False
                 n_kept = int(keep.sum())
                 if n_kept != last_kept:  # a larger minimum that removes nothing new: same masks
-                    last_eval = evaluate_case(truth, keep[labels].astype(np.uint8), zoom3, eval_cfg)
-                    last_kept = n_kept
-                ev = last_eval
-                assert ev is not None
+                    ev = evaluate_case(truth, keep[labels].astype(np.uint8), zoom3, eval_cfg)
+                    last_eval, last_kept = CaseCounts.of(ev), n_kept
+                assert last_eval is not None
                 k = a * len(ms) + b
-                pred_voxels = int(sizes[keep].sum())
-                counts[k] += (ev.GT, ev.TP, ev.FN, ev.FP, ev.n_pred, ev.TP_pred, pred_voxels, int(truth.sum()))
-                if not math.isnan(ev.dice):
-                    dices[k].append(ev.dice)
+                cases[k].append(last_eval)
+                voxels[k] += (int(sizes[keep].sum()), int(truth.sum()))
+    return cases, voxels
+
+
+def _grid_rows(ts: list[float], ms: list[float], cases: list[list[CaseCounts]], voxels: np.ndarray) -> list[tuple]:
+    """One row of ``TABLE_COLUMNS`` per pair: pooled counts, precision, recall, F1, mean Dice."""
     rows = []
     for a, t in enumerate(ts):
         for b, m in enumerate(ms):
             k = a * len(ms) + b
-            gt, tp, fn, fp, n_pred, tp_pred, pred_vox, truth_vox = (int(v) for v in counts[k])
-            precision, recall = ratio(tp_pred, n_pred), ratio(tp, gt)
-            over = truth_vox > 0 and pred_vox > OVERSEGMENTATION * truth_vox
+            p = pool_counts(cases[k])
+            pred_vox, truth_vox = (int(v) for v in voxels[k])
             rows.append(
-                (t, m, gt, tp, fn, fp, n_pred, tp_pred, precision, recall, harmonic_f1(precision, recall),
-                 float(np.mean(dices[k])) if dices[k] else math.nan, pred_vox, truth_vox, over)
+                (t, m, p.GT, p.TP, p.FN, p.FP, p.n_pred, p.TP_pred, p.lesion_precision, p.lesion_recall,
+                 p.lesion_f1, p.dice_mean, pred_vox, truth_vox, over_segmented(pred_vox, truth_vox))
             )
-    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-
-    def key(row: tuple) -> tuple[bool, float, float, float, float]:
-        f1, dice = row[10], row[11]
-        return (
-            not row[14],  # an over-segmented pair only wins when every pair is
-            -1.0 if math.isnan(f1) else f1,
-            -1.0 if math.isnan(dice) else dice,
-            -row[1],
-            -abs(row[0] - 0.5),
-        )
-
-    best = max(rows, key=key)
-    return TuningResult(
-        threshold=best[0], min_lesion_mm3=best[1], lesion_f1=best[10], table=table, dice=best[11]
-    )
+    return rows
 
 
 def _json_number(x: float) -> float | None:
@@ -276,30 +286,15 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
     -------
     TuningResult
     """
-    from lesionseg.inference.predictor import check_channels, check_infer_config, prepare_for_inference
     from lesionseg.runtime import configure_backend
 
     run_dir, data_dir = Path(run_dir), Path(data_dir)
-    check_infer_config(config.infer)
     case_dirs = io.list_cases(data_dir)
     check_channels(case_dirs, config.data.channels, run_dir)
     ts, ms = _check_grid(config.infer.tune_thresholds, config.infer.tune_min_sizes_mm3)
     configure_backend(0)
-    model = load_run_model(run_dir)
-    check_model(model, config, run_dir)
-    model = prepare_for_inference(model, config)
-    margin = _crop_margin(config.evaluate)
-    probs, truths, zooms, ids = [], [], [], []
-    for n, case_dir in enumerate(case_dirs, 1):
-        t0 = time.perf_counter()
-        case, image = read_normalised(case_dir, config, mask=True)
-        prob = predict_probability(model, image, config.infer, config.patches.size, config.model.head)
-        box = candidate_box(prob, case.mask, ts[0], margin)  # keep only what tuning can see
-        probs.append(np.ascontiguousarray(prob[box]))
-        truths.append(np.ascontiguousarray(case.mask[box]))  # type: ignore[index]
-        zooms.append(case.grid.zooms)
-        ids.append(case.case_id)
-        log.info("case %d/%d %s predicted in %.1f s", n, len(case_dirs), case.case_id, time.perf_counter() - t0)
+    predictor = Predictor.from_run(run_dir, config)
+    probs, truths, zooms, ids = _predict_cases(predictor, case_dirs, ts[0], _crop_margin(config.evaluate))
     t0 = time.perf_counter()
     result = tune_threshold_and_size(
         probs, truths, zooms, ts, ms, config.evaluate, connectivity=config.infer.connectivity
@@ -330,3 +325,21 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
             run_dir / TABLE_FILE,
         )
     return result
+
+
+def _predict_cases(
+    predictor: Predictor, case_dirs: Sequence[Path], min_threshold: float, margin: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list, list[str]]:
+    """Predict labelled cases; per case the probability and truth inside :func:`candidate_box`, zooms, id."""
+    probs, truths, zooms, ids = [], [], [], []
+    for n, case_dir in enumerate(case_dirs, 1):
+        t0 = time.perf_counter()
+        case, image = read_normalised(case_dir, predictor.config, mask=True)
+        prob = predictor.probability(image)
+        box = candidate_box(prob, case.mask, min_threshold, margin)  # keep only what tuning can see
+        probs.append(np.ascontiguousarray(prob[box]))
+        truths.append(np.ascontiguousarray(case.mask[box]))  # type: ignore[index]
+        zooms.append(case.grid.zooms)
+        ids.append(case.case_id)
+        log.info("case %d/%d %s predicted in %.1f s", n, len(case_dirs), case.case_id, time.perf_counter() - t0)
+    return probs, truths, zooms, ids

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from lesionseg.config import HEADS
 from lesionseg.errors import LesionsegError
 
-HEADS = ("sigmoid", "softmax")
 
 
 class HeadError(LesionsegError, ValueError):

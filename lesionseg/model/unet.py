@@ -25,16 +25,12 @@ from pathlib import Path
 
 import keras
 
-from lesionseg.config import ModelConfig
+from lesionseg.config import PRECISIONS, ModelConfig, check_patch_size
 from lesionseg.errors import LesionsegError
-from lesionseg.model.heads import HEADS, head_channels
+from lesionseg.model.heads import head_channels
 
 log = logging.getLogger(__name__)
 
-NORMS = ("batch", "instance", "group", "none")
-ACTIVATIONS = ("relu", "leaky_relu")
-UPSAMPLINGS = ("transpose", "upsample")
-MIN_DEPTH, MAX_DEPTH = 2, 5
 LEAKY_SLOPE = 0.01  # nnU-Net's negative slope
 
 
@@ -43,44 +39,6 @@ def level_filters(cfg: ModelConfig) -> list[int]:
     return [
         max(1, int(round(cfg.base_filters * cfg.growth**level))) for level in range(cfg.depth + 1)
     ]
-
-
-def _bad(key: str, rule: str, value: object) -> LesionsegError:
-    return LesionsegError(f"model.{key} must be {rule}, got {value!r}")
-
-
-def check_model_config(cfg: ModelConfig) -> None:
-    """Raise a one-line :class:`LesionsegError` for an invalid ``[model]`` section."""
-    if not isinstance(cfg.depth, int) or not MIN_DEPTH <= cfg.depth <= MAX_DEPTH:
-        raise _bad("depth", f"an integer in {MIN_DEPTH}..{MAX_DEPTH}", cfg.depth)
-    if not isinstance(cfg.base_filters, int) or cfg.base_filters < 1:
-        raise _bad("base_filters", "a positive integer", cfg.base_filters)
-    if not cfg.growth > 0:
-        raise _bad("growth", "> 0", cfg.growth)
-    for key, choices in (("head", HEADS), ("norm", NORMS), ("upsampling", UPSAMPLINGS)):
-        if getattr(cfg, key) not in choices:
-            raise _bad(key, f"one of {', '.join(choices)}", getattr(cfg, key))
-    if cfg.activation not in ACTIVATIONS:
-        raise _bad(
-            "activation",
-            f"one of {', '.join(ACTIVATIONS)} (the head never has an activation: models emit "
-            "logits)",
-            cfg.activation,
-        )
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise _bad("dropout", "in [0, 1)", cfg.dropout)
-
-
-def check_patch_size(patch_size: tuple[int, ...], depth: int) -> None:
-    """Raise :class:`LesionsegError` unless every side is a positive multiple of 2**depth."""
-    factor = 2**depth
-    sizes = tuple(patch_size)
-    if len(sizes) != 3 or any(int(s) != s or s <= 0 or s % factor for s in sizes):
-        nearest = tuple(max(factor, factor * round(s / factor)) for s in sizes[:3])
-        raise LesionsegError(
-            f"patch size {sizes} must be 3 positive multiples of 2**depth = {factor} "
-            f"(model.depth = {depth}), e.g. {nearest}"
-        )
 
 
 def _norm(x, kind: str, filters: int, name: str):
@@ -142,7 +100,6 @@ def build_unet(
     LesionsegError
         Invalid configuration, channel count or patch size.
     """
-    check_model_config(cfg)
     if not isinstance(in_channels, int) or in_channels < 1:
         raise LesionsegError(f"in_channels must be a positive integer, got {in_channels!r}")
     if patch_size is not None:
@@ -246,6 +203,10 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
     path = Path(path)
     if not path.is_file():
         raise LesionsegError(f"{path}: model file not found")
+    if path.stat().st_size == 0:
+        raise LesionsegError(f"{path}: cannot load model (empty file, 0 bytes)")
+    if not zipfile.is_zipfile(path):
+        raise LesionsegError(f"{path}: cannot load model (corrupt or truncated: not a complete .keras archive)")
     try:
         return keras.saving.load_model(path, compile=compile)
     except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as exc:
@@ -253,7 +214,6 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
         raise LesionsegError(f"{path}: cannot load model ({first})") from None
 
 
-PRECISIONS = ("float32", "bfloat16")
 
 
 def inference_model(model: keras.Model, cfg: ModelConfig, precision: str = "float32") -> keras.Model:

@@ -16,21 +16,6 @@ from lesionseg.config import AugmentConfig
 from lesionseg.errors import LesionsegError
 
 
-def check_augment_config(cfg: AugmentConfig) -> None:
-    """Raise :class:`LesionsegError` for an unusable ``[augment]`` section."""
-    bad = [a for a in cfg.flip_axes if a not in (0, 1, 2)]
-    if bad:
-        raise LesionsegError(f"config augment.flip_axes must hold spatial axes 0, 1, 2, got {list(cfg.flip_axes)}")
-    for name in ("intensity_scale", "intensity_shift", "noise_std"):
-        value = getattr(cfg, name)
-        if not np.isfinite(value) or value < 0:
-            raise LesionsegError(f"config augment.{name} must be >= 0, got {value}")
-    if not 0 <= cfg.noise_probability <= 1:
-        raise LesionsegError(f"config augment.noise_probability must be in [0, 1], got {cfg.noise_probability}")
-    if cfg.intensity_scale >= 1:
-        raise LesionsegError(f"config augment.intensity_scale must be < 1, got {cfg.intensity_scale}")
-
-
 def random_flip(
     rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -31,16 +31,16 @@ import keras
 import nibabel as nib
 import numpy as np
 
-from lesionseg.sampling.augment import augment_patch, check_augment_config
+from lesionseg.sampling.augment import augment_patch
 from lesionseg.config import AugmentConfig, Config, PatchConfig
 from lesionseg.data.io import Grid, read_case
+from lesionseg.data.labels import check_connectivity
 from lesionseg.data.normalize import foreground_mask, normalize_image, saturated_fraction
 from lesionseg.sampling.sampler import (
     AUGMENT_STREAM,
     LesionTable,
     PatchSampler,
     PatchSpec,
-    check_connectivity,
     extract_patch,
     index_lesions,
     patch_rng,
@@ -161,7 +161,7 @@ def load_cases(config: Config, case_dirs: Sequence[Path]) -> list[PreparedCase]:
     DataError
         A case that cannot be read (missing mask, files not on one grid, ...).
     """
-    check_connectivity(config.patches.connectivity)
+    check_connectivity(config.patches.connectivity, "config patches.connectivity")
     cases = []
     total = 0
     for case_dir in case_dirs:
@@ -252,8 +252,6 @@ class PatchSequence(keras.utils.PyDataset):
         n_channels = {c.image.shape[-1] for c in cases}
         if len(n_channels) != 1:
             raise ValueError(f"cases have different channel counts: {sorted(n_channels)}")
-        if augment:
-            check_augment_config(augment_cfg)
         self.cases = list(cases)
         self.sampler = PatchSampler.from_config(
             [c.lesions for c in self.cases], patch_cfg, [c.case_id for c in self.cases]

@@ -40,9 +40,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cc3d
 import numpy as np
 
+from lesionseg.data.labels import check_connectivity, label_components
 from lesionseg.errors import LesionsegError
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 MODES = ("lesion", "foreground", "random")
 SAMPLE_STREAM = 0
 AUGMENT_STREAM = 1
-CONNECTIVITIES = (6, 18, 26)
 BALANCE_SEED = 0  # fixed: the lesion weights do not depend on the sampling seed
 
 
@@ -118,7 +117,7 @@ class PatchSpec:
     mode : {"lesion", "foreground", "random"}
         How the patch was placed (after any fallback).
     lesion : int
-        Label (1-based, in :func:`label_lesions` order) of the targeted lesion
+        Label (1-based, in :func:`~lesionseg.data.labels.label_components` order) of the targeted lesion
         for ``lesion`` patches, 0 otherwise.
     """
 
@@ -131,38 +130,6 @@ class PatchSpec:
 
 def _index_dtype(n: int) -> type:
     return np.int32 if n < np.iinfo(np.int32).max else np.int64
-
-
-def check_connectivity(connectivity: int) -> int:
-    """Return ``connectivity`` if it is 6, 18 or 26, else raise :class:`LesionsegError`."""
-    if connectivity not in CONNECTIVITIES:
-        raise LesionsegError(f"config patches.connectivity must be 6, 18 or 26, got {connectivity!r}")
-    return int(connectivity)
-
-
-def label_lesions(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
-    """Label the lesions (3D connected components) of a binary mask.
-
-    Parameters
-    ----------
-    mask : numpy.ndarray
-        (D, H, W) mask; any non-zero voxel is lesion.
-    connectivity : {6, 18, 26}
-        Neighbourhood that joins voxels into one lesion.
-
-    Returns
-    -------
-    labels : numpy.ndarray
-        (D, H, W) uint32, 0 = background, lesions numbered 1..n in raster
-        order of their first voxel (32-bit: never wraps).
-    n : int
-        Number of lesions.
-    """
-    check_connectivity(connectivity)
-    labels, n = cc3d.connected_components(
-        np.asarray(mask) != 0, connectivity=connectivity, return_N=True, out_dtype=np.uint32
-    )
-    return labels, int(n)
 
 
 def index_lesions(
@@ -191,7 +158,7 @@ def index_lesions(
     >>> t.n_lesions, t.volumes.tolist()
     (2, [1, 2])
     """
-    labels, n = label_lesions(mask, connectivity)
+    labels, n = label_components(mask, connectivity)
     flat = labels.ravel()
     dtype = _index_dtype(flat.size)
     where = np.flatnonzero(flat)
@@ -530,7 +497,7 @@ class PatchSampler:
     @classmethod
     def from_config(cls, tables: Sequence[LesionTable], cfg, names: Sequence[str] | None = None) -> PatchSampler:
         """A sampler from a :class:`~lesionseg.config.PatchConfig`."""
-        check_connectivity(cfg.connectivity)
+        check_connectivity(cfg.connectivity, "config patches.connectivity")
         return cls(
             tables,
             cfg.size,
@@ -596,7 +563,7 @@ def targeted_lesions(labels: np.ndarray, spec: PatchSpec) -> np.ndarray:
     Parameters
     ----------
     labels : numpy.ndarray
-        (D, H, W) lesion labels of the patch's case (:func:`label_lesions`).
+        (D, H, W) lesion labels of the patch's case (:func:`~lesionseg.data.labels.label_components`).
     spec : PatchSpec
         The patch.
 

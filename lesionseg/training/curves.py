@@ -83,6 +83,66 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _column(rows: Sequence[Mapping[str, Any]], name: str) -> list[float]:
+    """One history column as floats (NaN where empty or not a number)."""
+    out = []
+    for r in rows:
+        v = r.get(name)
+        try:
+            out.append(float(v) if v not in (None, "") else math.nan)
+        except (TypeError, ValueError):
+            out.append(math.nan)
+    return out
+
+
+def _points(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) of one column where it has a value."""
+    epochs = [int(r["epoch"]) for r in rows]
+    pairs = [(e, v) for e, v in zip(epochs, _column(rows, name)) if not math.isnan(v)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _plot_loss(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    ax.plot(*_points(rows, "loss"), "o-", color="C0", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss and learning rate")
+    lr_ax = ax.twinx()
+    lr_ax.plot(*_points(rows, "lr"), "--", color="C3", label="learning rate")
+    lr_ax.set_ylabel("learning rate")
+    if any(v > 0 for v in _column(rows, "lr") if not math.isnan(v)):
+        lr_ax.set_yscale("log")
+    handles = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
+
+
+def _plot_dice(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    ax.plot(*_points(rows, "train_dice"), "o-", label="train Dice (batches)")
+    ax.plot(*_points(rows, "val_dice"), "s-", label="val Dice (volumes)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Voxel Dice")
+
+
+def _plot_lesions(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    ax.plot(*_points(rows, "val_lesion_precision"), "^-", label="val lesion precision")
+    ax.plot(*_points(rows, "val_lesion_recall"), "v-", label="val lesion recall")
+    ax.plot(*_points(rows, "val_lesion_f1"), "s-", lw=2, label="val lesion F1")
+    epochs = [int(r["epoch"]) for r in rows]
+    best = [e for e, b in zip(epochs, _column(rows, "best")) if b == 1]
+    for e in best[-1:]:
+        ax.axvline(e, color="grey", ls=":", label=f"best (epoch {e})")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Lesion-wise detection (validation)")
+
+
+def _plot_foreground(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    ax.plot(*_points(rows, "train_true_fg"), ":", label="train lesion fraction")
+    ax.plot(*_points(rows, "train_pred_fg"), "o-", label="train predicted foreground")
+    ax.plot(*_points(rows, "val_pred_fg"), "s-", label="val predicted foreground")
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_title("Foreground fraction (-> 0: collapse to blank)")
+
+
 def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Plot loss + learning rate, Dice, lesion-wise P/R/F1 and foreground fractions.
 
@@ -103,57 +163,11 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def col(name: str) -> list[float]:
-        out = []
-        for r in rows:
-            v = r.get(name)
-            try:
-                out.append(float(v) if v not in (None, "") else math.nan)
-            except (TypeError, ValueError):
-                out.append(math.nan)
-        return out
-
-    def points(name: str) -> tuple[list[int], list[float]]:
-        pairs = [(e, v) for e, v in zip(epochs, col(name)) if not math.isnan(v)]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
-
-    epochs = [int(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
-    ax = axes[0, 0]
-    ax.plot(*points("loss"), "o-", color="C0", label="training loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("Loss and learning rate")
-    lr_ax = ax.twinx()
-    lr_ax.plot(*points("lr"), "--", color="C3", label="learning rate")
-    lr_ax.set_ylabel("learning rate")
-    if any(v > 0 for v in col("lr") if not math.isnan(v)):
-        lr_ax.set_yscale("log")
-    handles = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
-
-    ax = axes[0, 1]
-    ax.plot(*points("train_dice"), "o-", label="train Dice (batches)")
-    ax.plot(*points("val_dice"), "s-", label="val Dice (volumes)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Voxel Dice")
-
-    ax = axes[1, 0]
-    ax.plot(*points("val_lesion_precision"), "^-", label="val lesion precision")
-    ax.plot(*points("val_lesion_recall"), "v-", label="val lesion recall")
-    ax.plot(*points("val_lesion_f1"), "s-", lw=2, label="val lesion F1")
-    best = [e for e, b in zip(epochs, col("best")) if b == 1]
-    for e in best[-1:]:
-        ax.axvline(e, color="grey", ls=":", label=f"best (epoch {e})")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Lesion-wise detection (validation)")
-
-    ax = axes[1, 1]
-    ax.plot(*points("train_true_fg"), ":", label="train lesion fraction")
-    ax.plot(*points("train_pred_fg"), "o-", label="train predicted foreground")
-    ax.plot(*points("val_pred_fg"), "s-", label="val predicted foreground")
-    ax.set_yscale("symlog", linthresh=1e-4)
-    ax.set_title("Foreground fraction (-> 0: collapse to blank)")
+    _plot_loss(axes[0, 0], rows)
+    _plot_dice(axes[0, 1], rows)
+    _plot_lesions(axes[1, 0], rows)
+    _plot_foreground(axes[1, 1], rows)
     for a in axes.flat:
         a.set_xlabel("epoch")
         a.grid(alpha=0.3)

@@ -1,0 +1,262 @@
+"""The ``infer`` stage: a trained run applied to whole NIfTI volumes.
+
+For each case: read the channels the run was trained on, normalise exactly
+as training did (the run's stored ``[data]`` settings), predict lesion
+probabilities with overlapping windows (:mod:`lesionseg.inference.sliding_window`), decide
+(threshold or argmax) and drop components below the minimum lesion size,
+then write ``PRED/<case>_prob.nii.gz`` (float32) and
+``PRED/<case>_pred.nii.gz`` (uint8) on the input's grid: same shape, same
+affine bit-for-bit, same orientation (LAS stays LAS).
+
+Decision: ``infer.threshold`` when set, else the threshold stored in
+``RUN/tuning.json`` by ``lesionseg tune``, else 0.5 — which, on the lesion
+probability of a softmax head, is its argmax.  The minimum lesion size comes
+the same way (``infer.min_lesion_mm3``, tuned, else 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionseg.config import Config
+from lesionseg.data import io
+from lesionseg.data.normalize import normalize_image
+from lesionseg.errors import DataError, LesionsegError
+from lesionseg.inference.postprocess import (
+    DecisionSettings,
+    postprocess,
+    read_tuning,
+    resolve_decision,
+)
+from lesionseg.inference.predictor import MODEL_FILE, Predictor
+from lesionseg.provenance import Source, write_record
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- checks and cases
+
+
+def check_channels(case_dirs: Sequence[Path], channels: Sequence[str], run_dir: Path) -> None:
+    """Every case has every channel the model was trained on (before anything is written)."""
+    for case_dir in case_dirs:
+        for ch in channels:
+            if io.find_file(case_dir, ch) is None:
+                raise DataError(
+                    f"{case_dir.name}/{ch}.nii.gz: missing channel {ch!r} "
+                    f"(the model in {run_dir} was trained on {', '.join(channels)})"
+                )
+
+
+def check_cases(case_dirs: Sequence[Path], config: Config) -> None:
+    """Read every case once before predicting any: a bad one stops the run before anything is written.
+
+    The checks are those of ``lesionseg check`` (missing, unreadable, truncated, blank or
+    constant, NaN/Inf, files off one grid).
+    """
+    t0 = time.perf_counter()
+    for case_dir in case_dirs:
+        io.read_case(case_dir, config.data.channels, affine_tolerance=config.data.affine_tolerance)
+    log.info("%d case(s) checked in %.1f s", len(case_dirs), time.perf_counter() - t0)
+
+
+def read_normalised(case_dir: Path, config: Config, mask: bool = False) -> tuple[io.Case, np.ndarray]:
+    """Read a case (channels, optionally the mask) and normalise it exactly as training."""
+    case = io.read_case(
+        case_dir,
+        config.data.channels,
+        mask_name=config.data.mask if mask else None,
+        mask_values=config.data.mask_values,
+        affine_tolerance=config.data.affine_tolerance,
+    )
+    image = normalize_image(case.image, config.data.normalization, config.data.clip_percentiles)
+    return case, image
+
+
+def predict_case(
+    predictor: Predictor,
+    case_dir: Path,
+    out_dir: Path,
+    tuned: DecisionSettings | None,
+    show_progress: bool = True,
+    source: Source | None = None,
+) -> Path:
+    """Predict one case folder and write its two outputs (then its record); return the ``_pred`` path."""
+    t0 = time.perf_counter()
+    config = predictor.config
+    case, image = read_normalised(case_dir, config)
+    prob = predictor.probability(image, progress=_window_bar(case.case_id) if show_progress else None)
+    del image
+    pred = postprocess(prob, config.infer, case.grid.zooms, tuned)
+    out_dir = Path(out_dir)
+    io.write_like(out_dir / f"{case.case_id}_prob.nii.gz", prob, case.affine, case.header, np.float32)
+    pred_path = io.write_like(out_dir / f"{case.case_id}_pred.nii.gz", pred, case.affine, case.header, np.uint8)
+    if source is not None:
+        threshold, min_mm3 = resolve_decision(config.infer, tuned)
+        write_record(out_dir, case.case_id, source, threshold, min_mm3, time.perf_counter() - t0)
+    log.info(
+        "%s: %d lesion voxel(s) predicted, %.1f s",
+        case.case_id,
+        int(pred.sum()),
+        time.perf_counter() - t0,
+    )
+    return pred_path
+
+
+def _window_bar(case_id: str) -> Callable[[int, int], None]:
+    """A tqdm progress bar over a case's windows (silent when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    bar: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=total, desc=case_id, unit="win", leave=False, disable=None))
+        b = bar[0]
+        b.update(done - b.n)
+        if done >= total:
+            b.close()
+
+    return update
+
+
+def _threads_per_worker(workers: int) -> int:
+    cpus = os.cpu_count() or 1
+    if workers <= 1:
+        return cpus
+    return max(1, min(2, cpus // workers))
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path) -> list[Path]:
+    """The ``lesionseg infer`` stage.
+
+    Parameters
+    ----------
+    run_dir : Path
+        Run folder with ``model.keras`` (and optionally ``tuning.json``).
+    config : Config
+        The run's stored configuration (with ``[infer]`` overrides): its
+        ``data`` section names the channels and the normalisation, its
+        ``patches.size`` is the window, ``model.head`` the head.
+    input_path : Path
+        A data folder of cases, or a single case folder.
+    out_dir : Path
+        Output folder ``PRED``.
+
+    Returns
+    -------
+    list of Path
+        ``PRED/<case>_pred.nii.gz`` per case (``<case>_prob.nii.gz`` beside it).
+
+    Raises
+    ------
+    LesionsegError
+        Missing model, a case lacking a channel the model was trained on
+        (checked for every case before anything is written), unreadable
+        files.
+    """
+    run_dir, input_path, out_dir = Path(run_dir), Path(input_path), Path(out_dir)
+    if not (run_dir / MODEL_FILE).is_file():
+        raise LesionsegError(f"{run_dir / MODEL_FILE}: missing; is {run_dir} a trained lesionseg run?")
+    case_dirs = io.list_cases(input_path)
+    check_channels(case_dirs, config.data.channels, run_dir)
+    check_cases(case_dirs, config)
+    tuned = read_tuning(run_dir)
+    threshold, min_mm3 = resolve_decision(config.infer, tuned)
+    workers = max(1, min(int(config.infer.workers), len(case_dirs)))
+    log.info(
+        "predicting %d case(s) with %s: window %s, overlap %.2f, %s blend, threshold %.3g, "
+        "min lesion %.3g mm³%s",
+        len(case_dirs),
+        run_dir,
+        "×".join(map(str, config.patches.size)),
+        config.infer.overlap,
+        config.infer.blend,
+        threshold,
+        min_mm3,
+        f", {workers} workers" if workers > 1 else "",
+    )
+    source = Source.of_run(run_dir, run_dir / MODEL_FILE, config)
+    if workers == 1:
+        return _predict_serial(run_dir, config, case_dirs, out_dir, tuned, source)
+    return _predict_in_pool(run_dir, config, case_dirs, out_dir, workers, source)
+
+
+def _predict_serial(
+    run_dir: Path,
+    config: Config,
+    case_dirs: Sequence[Path],
+    out_dir: Path,
+    tuned: DecisionSettings | None,
+    source: Source,
+) -> list[Path]:
+    """Every case in this process, the backend on every CPU."""
+    from lesionseg.runtime import configure_backend
+
+    configure_backend(_threads_per_worker(1))
+    predictor = Predictor.from_run(run_dir, config)
+    outputs = []
+    for n, case_dir in enumerate(case_dirs, 1):
+        log.info("case %d/%d: %s", n, len(case_dirs), case_dir.name)
+        outputs.append(predict_case(predictor, case_dir, out_dir, tuned, source=source))
+    return outputs
+
+
+def _predict_in_pool(
+    run_dir: Path, config: Config, case_dirs: Sequence[Path], out_dir: Path, workers: int, source: Source
+) -> list[Path]:
+    """One case per task in ``workers`` spawned processes, each loading the model once."""
+    import multiprocessing as mp
+
+    level = logging.getLogger("lesionseg").getEffectiveLevel()
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(run_dir, config, _threads_per_worker(workers), level),
+    ) as pool:
+        futures = [pool.submit(_worker_predict, c, out_dir, source) for c in case_dirs]
+        outputs = []
+        try:
+            for n, fut in enumerate(futures, 1):
+                outputs.append(fut.result())
+                log.info("case %d/%d done: %s", n, len(case_dirs), case_dirs[n - 1].name)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return outputs
+
+
+# ---------------------------------------------------------------- process-pool workers
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(run_dir: Path, config: Config, threads: int, log_level: int) -> None:
+    """Process-pool initialiser: logging, quiet backend and its thread count."""
+    from lesionseg.logs import setup_logging
+    from lesionseg.runtime import configure_backend
+
+    setup_logging(verbose=int(log_level <= logging.DEBUG), quiet=log_level > logging.INFO)
+    configure_backend(threads)
+    _WORKER.update(run_dir=run_dir, config=config)
+
+
+def _worker_predict(case_dir: Path, out_dir: Path, source: Source) -> Path:
+    """Predict one case in a worker (the model is loaded once, on its first case)."""
+    if "predictor" not in _WORKER:  # loaded here, not in the initialiser, so errors reach the parent
+        _WORKER["predictor"] = Predictor.from_run(_WORKER["run_dir"], _WORKER["config"])
+        _WORKER["tuned"] = read_tuning(_WORKER["run_dir"])
+    return predict_case(_WORKER["predictor"], case_dir, out_dir, _WORKER["tuned"], show_progress=False,
+                        source=source)

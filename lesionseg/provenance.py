@@ -1,0 +1,112 @@
+"""Which model wrote a prediction: a small record beside each case's outputs.
+
+``lesionseg infer`` writes ``PRED/<case>_record.json`` after the case's ``_prob`` and ``_pred``
+files (atomically, last, so a record means the case is complete)::
+
+    {"case": "sample01", "model": "runs/samples", "model_sha256": "…", "config_sha256": "…",
+     "threshold": 0.5, "min_lesion_mm3": 0.0, "lesionseg": "0.1.0", "written": "2026-…Z",
+     "seconds": 3.2}
+
+``lesionseg evaluate`` reads them and refuses a folder whose predictions come from more than
+one (model, config) pair unless told otherwise (``--allow-mixed``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lesionseg import __version__
+from lesionseg.config import Config, config_to_dict
+from lesionseg.data.io import atomic_path
+from lesionseg.errors import LesionsegError
+
+RECORD_SUFFIX = "_record.json"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_sha256(config: Config) -> str:
+    """SHA-256 of the resolved configuration (canonical JSON): same settings, same hash."""
+    text = json.dumps(config_to_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Source:
+    """What produced a prediction: the model file's and the resolved config's hashes."""
+
+    model: str
+    model_sha256: str
+    config_sha256: str
+
+    @classmethod
+    def of_run(cls, run_dir: Path, model_file: Path, config: Config) -> Source:
+        return cls(str(run_dir), file_sha256(model_file), config_sha256(config))
+
+    def short(self) -> str:
+        return f"{self.model} (model {self.model_sha256[:8]}, config {self.config_sha256[:8]})"
+
+
+def write_record(out_dir: Path, case_id: str, source: Source, threshold: float, min_mm3: float,
+                 seconds: float) -> Path:
+    """Write ``<case>_record.json`` atomically; call it after the case's two images are written."""
+    record = {
+        "case": case_id,
+        "model": source.model,
+        "model_sha256": source.model_sha256,
+        "config_sha256": source.config_sha256,
+        "threshold": threshold,
+        "min_lesion_mm3": min_mm3,
+        "lesionseg": __version__,
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 2),
+    }
+    path = Path(out_dir) / f"{case_id}{RECORD_SUFFIX}"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def read_source(pred_dir: Path, case_id: str) -> Source | None:
+    """The source recorded for a case's prediction; ``None`` when it has no record (another tool)."""
+    path = Path(pred_dir) / f"{case_id}{RECORD_SUFFIX}"
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        return Source(str(raw["model"]), str(raw["model_sha256"]), str(raw["config_sha256"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LesionsegError(f"{path}: not a valid prediction record ({exc})") from None
+
+
+def check_single_source(pred_dir: Path, case_ids: Iterable[str]) -> None:
+    """Raise unless every prediction of ``case_ids`` comes from one source (or none has a record).
+
+    A folder where one model's predictions were partly overwritten by another's would
+    otherwise be scored as one run.
+    """
+    groups: dict[Source | None, list[str]] = {}
+    for case_id in case_ids:
+        groups.setdefault(read_source(pred_dir, case_id), []).append(case_id)
+    if len(groups) <= 1:
+        return
+    parts = []
+    for source, cases in groups.items():
+        who = source.short() if source else "no record (not written by lesionseg infer)"
+        parts.append(f"{len(cases)} from {who}: {', '.join(cases[:3])}{', ...' if len(cases) > 3 else ''}")
+    raise LesionsegError(
+        f"{pred_dir}: predictions of {len(groups)} different sources ({'; '.join(parts)}); "
+        "re-run infer into an empty folder, or pass --allow-mixed"
+    )

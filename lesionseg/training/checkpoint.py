@@ -1,0 +1,244 @@
+"""The run folder's saved state: ``model.keras``, the last-epoch checkpoint, ``--resume``.
+
+``RUN/checkpoint/`` holds the weights and optimizer variables of the last
+epoch (``last.npz``) and ``state.json`` (:class:`RunState`: epoch, best
+score, schedule and diagnostics state), written after every epoch;
+``--resume`` continues from it with the same history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionseg.data import io
+from lesionseg.errors import LesionsegError
+from lesionseg.training.curves import read_history
+
+# the stage's logger: the lines of train.log keep their source name
+log = logging.getLogger("lesionseg.training.train")
+
+MODEL_FILE = "model.keras"
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.json"
+WEIGHTS_FILE = "last.npz"
+HISTORY_FILE = "history.csv"
+#: the fields of :class:`RunState` that :meth:`lesionseg.training.schedule.Schedule.state_dict` fills
+SCHEDULE_FIELDS = ("lr", "plateau_wait", "plateau_best", "stop_wait", "stop_best")
+
+
+@dataclass
+class RunState:
+    """Everything besides the weights that ``--resume`` needs (``checkpoint/state.json``).
+
+    Attributes
+    ----------
+    epoch : int
+        Completed epochs (the sampler continues at this epoch).
+    lr : float
+        Learning rate for the next epoch.
+    best_score : list of float
+        :attr:`ValidationResult.selection_key` of ``model.keras`` (not over-segmented,
+        F1, Dice); ``[-1, -1]``: none yet.
+    best_epoch : int
+        Epoch of ``model.keras`` (0: none yet).
+    plateau_wait, stop_wait : int
+        Epochs without improvement counted by reduce-on-plateau and early
+        stopping.
+    plateau_best, stop_best : float
+        Their best monitored value so far.
+    finished : bool
+        Training ended (epochs done or stopped early).
+    stopped_early : bool
+        Early stopping ended it.
+    monitor : dict
+        :meth:`lesionseg.training.diagnostics.TrainingMonitor.state_dict`.
+    """
+
+    epoch: int = 0
+    lr: float = 1e-3
+    best_score: list[float] = field(default_factory=lambda: [-1.0, -1.0])
+    best_epoch: int = 0
+    plateau_wait: int = 0
+    plateau_best: float = -math.inf
+    stop_wait: int = 0
+    stop_best: float = -math.inf
+    finished: bool = False
+    stopped_early: bool = False
+    monitor: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """``state.json`` text (infinities as ``"inf"``/``"-inf"``, NaN as null)."""
+
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+
+        return json.dumps(clean(self.__dict__), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunState:
+        """Read :meth:`to_json` output (unknown keys are ignored)."""
+        raw = json.loads(text)
+        for key in ("plateau_best", "stop_best"):
+            v = raw.get(key)
+            raw[key] = -math.inf if v in (None, "-inf") else (math.inf if v == "inf" else float(v))
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+    def schedule_state(self) -> dict[str, Any]:
+        """The schedule's part, for :meth:`lesionseg.training.schedule.Schedule.load_state`."""
+        return {k: getattr(self, k) for k in SCHEDULE_FIELDS}
+
+    def update(self, **fields: Any) -> None:
+        """Set fields by name (e.g. ``state.update(**schedule.state_dict())``).
+
+        Raises
+        ------
+        TypeError
+            A name that is not a field.
+        """
+        unknown = set(fields) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"RunState has no field(s) {', '.join(sorted(unknown))}")
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+
+def save_checkpoint(model: Any, state: RunState, ckpt_dir: Path) -> None:
+    """Write the last-epoch checkpoint: weights + optimizer variables, then state.json."""
+    from keras import ops
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {f"w{i:04d}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+    arrays.update(
+        {f"o{i:04d}": np.asarray(ops.convert_to_numpy(v)) for i, v in enumerate(model.optimizer.variables)}
+    )
+    with io.atomic_path(ckpt_dir / WEIGHTS_FILE) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    with io.atomic_path(ckpt_dir / STATE_FILE) as tmp:
+        tmp.write_text(state.to_json())
+
+
+def _read_checkpoint(ckpt_dir: Path) -> tuple[RunState, list[np.ndarray], list[np.ndarray]]:
+    state_path, weights_path = ckpt_dir / STATE_FILE, ckpt_dir / WEIGHTS_FILE
+    if not state_path.is_file() or not weights_path.is_file():
+        raise LesionsegError(
+            f"{ckpt_dir}: no checkpoint to resume from (train once without --resume first)"
+        )
+    try:
+        state = RunState.from_json(state_path.read_text())
+        with np.load(weights_path) as data:
+            weights = [data[k] for k in sorted(k for k in data.files if k.startswith("w"))]
+            opt = [data[k] for k in sorted(k for k in data.files if k.startswith("o"))]
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        raise LesionsegError(f"{ckpt_dir}: unreadable checkpoint ({exc})") from None
+    return state, weights, opt
+
+
+def load_checkpoint(model: Any, ckpt_dir: Path) -> RunState:
+    """Restore weights and optimizer state written by :func:`save_checkpoint`.
+
+    Raises
+    ------
+    LesionsegError
+        Missing checkpoint, or one that does not fit this model (config changed).
+    """
+    state, weights, opt = _read_checkpoint(ckpt_dir)
+    weights_path = ckpt_dir / WEIGHTS_FILE
+    current = model.get_weights()
+    if len(weights) != len(current) or any(a.shape != b.shape for a, b in zip(weights, current)):
+        raise LesionsegError(
+            f"{weights_path}: checkpoint does not fit the model of this config "
+            "(model or data.channels changed?); resume with the run's own config.yaml"
+        )
+    model.set_weights(weights)
+    model.optimizer.build(model.trainable_variables)
+    variables = model.optimizer.variables
+    if len(variables) != len(opt) or any(tuple(v.shape) != a.shape for v, a in zip(variables, opt)):
+        raise LesionsegError(f"{weights_path}: optimizer state does not fit this model")
+    for v, a in zip(variables, opt):
+        v.assign(a)
+    return state
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, writes: bool) -> None:
+    """Check there is something to resume; create ``run_dir`` and clear an earlier run in it.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder.
+    resume : bool
+        ``--resume``: the checkpoint must exist and is kept.
+    writes : bool
+        This process writes the run folder (the chief).
+
+    Raises
+    ------
+    LesionsegError
+        ``resume`` without a checkpoint.
+    """
+    if resume and not (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file():
+        raise LesionsegError(f"{run_dir / CHECKPOINT_DIR / STATE_FILE}: missing; nothing to resume in {run_dir}")
+    if not writes:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and (run_dir / CHECKPOINT_DIR).exists():
+        log.warning("%s holds an earlier run: starting over (use --resume to continue it)", run_dir)
+        shutil.rmtree(run_dir / CHECKPOINT_DIR)
+        for name in (HISTORY_FILE, MODEL_FILE, "curves.png"):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "validation", ignore_errors=True)
+
+
+def resumed_history(run_dir: Path, epoch: int) -> list[dict[str, Any]]:
+    """The rows of ``RUN/history.csv`` up to ``epoch`` (none when the file is missing)."""
+    path = run_dir / HISTORY_FILE
+    return [r for r in read_history(path) if r["epoch"] <= epoch] if path.is_file() else []
+
+
+def save_model(model: Any, path: Path) -> None:
+    """``model.save`` through a temporary file (never a half-written model)."""
+    with io.atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def save_best(model: Any, run_dir: Path, evaluations: Sequence[Any] | None, evaluate_cfg: Any) -> None:
+    """Write ``RUN/model.keras`` and, with validation, the reports of that model in ``RUN/validation``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The new best model.
+    run_dir : Path
+        The run folder.
+    evaluations : sequence of CaseEvaluation or None
+        Its validation evaluations (``None``/empty: no reports).
+    evaluate_cfg : EvaluateConfig
+        ``[evaluate]``, for the report tables.
+    """
+    save_model(model, run_dir / MODEL_FILE)
+    if evaluations:
+        from lesionseg.evaluation.report import write_reports
+
+        final = run_dir / "validation"
+        tmp_dir = run_dir / ".validation.tmp"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        write_reports(evaluations, tmp_dir, evaluate_cfg)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp_dir, final)
