@@ -38,12 +38,9 @@ sys.path.insert(0, str(ROOT))
 from lesionseg.config import AugmentConfig, Config, PatchConfig  # noqa: E402
 from lesionseg.data.io import Grid, read_mask  # noqa: E402
 from lesionseg.logs import setup_logging  # noqa: E402
-from lesionseg.sampling.sampler import (  # noqa: E402
-    PatchSampler,
-    index_lesions,
-    summarize_targeting,
-    target_counts,
-)
+from lesionseg.sampling.lesion_table import index_lesions  # noqa: E402
+from lesionseg.sampling.sampler import PatchSampler  # noqa: E402
+from lesionseg.sampling.targeting import summarize_targeting, target_counts  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "ms_lesions"
 

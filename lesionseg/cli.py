@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="data folder")
     p.add_argument("--out", type=Path, required=True, help="run folder RUN")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    p.add_argument("--overwrite", action="store_true",
+                   help="RUN holds an earlier run: replace it, once the new run has succeeded")
     _add_config_args(p)
 
     p = sub.add_parser(
@@ -191,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_training_config(config)
     from lesionseg.training.train import train
 
-    run_dir = train(config, args.data, args.out, resume=args.resume)
+    run_dir = train(config, args.data, args.out, resume=args.resume, overwrite=args.overwrite)
     log.info("run written to %s", run_dir)
     return 0
 

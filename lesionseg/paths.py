@@ -3,7 +3,7 @@
 Every command that writes checks its output first (:func:`check_output_folder`,
 :func:`check_output_file`): an output that is an existing file, lies under a file, sits
 inside one of the command's inputs, or cannot be written is a one-line error before a
-model is loaded or a case is read.  Atomic writes (:func:`lesionseg.data.io.atomic_path`)
+model is loaded or a case is read.  Atomic writes (:func:`lesionseg.data.writing.atomic_path`)
 name their temporaries ``.<name>.tmp-<pid>-<id><suffix>``; :func:`remove_stale_temporaries`
 deletes those whose process is gone, so a rerun cleans up after a ``kill -9``.
 """

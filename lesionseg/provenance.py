@@ -22,7 +22,7 @@ from pathlib import Path
 
 from lesionseg import __version__
 from lesionseg.config import Config, config_to_dict
-from lesionseg.data.io import atomic_path
+from lesionseg.data.writing import atomic_path
 from lesionseg.errors import LesionsegError
 
 RECORD_SUFFIX = "_record.json"

@@ -31,12 +31,14 @@ def configure_backend(threads: int = 2, seed: int | None = None) -> str:
     """
     global _configured
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # local: this call is where the backend starts; infer/tune import this module at top and call it
+    # only after checking their inputs, so a bad input fails in one line, before TensorFlow starts
     import keras
 
     backend = keras.backend.backend()
     if not _configured and threads > 0:
         if backend == "tensorflow":
-            import tensorflow as tf
+            import tensorflow as tf  # local: backend chosen at run time; not loaded under jax/torch
 
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -44,7 +46,7 @@ def configure_backend(threads: int = 2, seed: int | None = None) -> str:
             except RuntimeError:  # already initialised: keep what is set
                 log.debug("TensorFlow threads already initialised")
         elif backend == "torch":
-            import torch
+            import torch  # local: optional, only on the PyTorch backend
 
             torch.set_num_threads(threads)
         _configured = True

@@ -109,7 +109,7 @@ def untuned_predictions(prob_dir: Path, out_dir: Path) -> None:
     import numpy as np
 
     from lesionseg.inference.postprocess import decide
-    from lesionseg.data.io import write_like
+    from lesionseg.data.writing import write_like
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in sorted(prob_dir.glob("*_prob.nii.gz")):

@@ -41,12 +41,18 @@ def _tiny_run(run: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    """Tiny labelled data (three cases) and a tiny run, copied by each kind that changes them."""
+    """Tiny labelled data (three cases), a tiny run and a trained one, copied by each kind that changes them."""
     root = tmp_path_factory.mktemp("base")
     for n, name in enumerate(("caseA", "caseB", "caseC")):
         make_case(root / "data", name, shape=(16, 18, 14), lesions=((8, 9, 7, 2),), seed=n)
     _tiny_run(root / "run")
+    assert main(["-q", *_TRAIN_ARGS(root / "data", root / "trained"), "--set", "train.epochs=1",
+                 "--set", "train.steps_per_epoch=1"]) == 0
     return root
+
+
+def _TRAIN_ARGS(data: Path, out: Path) -> list[str]:
+    return ["train", "--config", str(SMOKE), "--data", str(data), "--out", str(out), "--set", "train.val_cases=[caseC]"]
 
 
 @dataclass
@@ -186,6 +192,23 @@ def _mixed_predictions(base: Path, w: Path) -> list[str]:
     return ["evaluate", "--pred", str(w / "P"), "--truth", str(w / "data"), "--out", str(w / "R")]
 
 
+def _earlier_run(extra: list[str], change: Callable[[Path], None] = lambda w: None) -> Callable[[Path, Path], list[str]]:
+    """`train --out X` where X holds a finished earlier run (a copy of the trained one)."""
+    def build(base: Path, w: Path) -> list[str]:
+        _copy(base, w, "data")
+        shutil.copytree(base / "trained", w / "X")
+        change(w)
+        return [*_TRAIN_ARGS(w / "data", w / "X"), *extra]
+    return build
+
+
+def _truncate_checkpoint(w: Path) -> None:
+    last = w / "X" / "checkpoint" / "last.npz"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+
+
+_RUN_FILES = ("X/model.keras", "X/config.yaml", "X/history.csv", "X/split.csv", "X/checkpoint/state.json")
+
 KINDS: dict[str, Kind] = {
     # configuration: refused at load, before the backend or the data
     "config typo in a later stage": Kind(_train(["--set", "infer.blend=gausian"]), r"config infer\.blend", ("X",)),
@@ -213,6 +236,14 @@ KINDS: dict[str, Kind] = {
     "truncated model.keras": Kind(_model_bytes(lambda b: b[: len(b) // 2]),
                                   r"model\.keras: cannot load model \(corrupt or truncated", ("P",)),
     "run without config.yaml": Kind(_no_config, r"config\.yaml: missing", ("P",)),
+    # an earlier run is never lost
+    "train into an earlier run": Kind(_earlier_run([]), r"X: holds an earlier run .*--overwrite", (".X.attempt",),
+                                      _RUN_FILES),
+    "--overwrite, new run fails": Kind(_earlier_run(["--overwrite"], lambda w: _blank(w / "data" / "caseB")),
+                                       r"caseB/flair\.nii\.gz: constant image", (".X.attempt", ".X.replaced"),
+                                       _RUN_FILES),
+    "--resume, truncated checkpoint": Kind(_earlier_run(["--resume", "--set", "train.epochs=2"], _truncate_checkpoint),
+                                           r"checkpoint: unreadable checkpoint", (), _RUN_FILES[:4]),
     # outputs: checked before any work
     "infer --out is a file": Kind(_out_is_file("infer"), r"O: output folder is an existing file", intact=("O",)),
     "train --out is a file": Kind(_out_is_file("train"), r"O: output folder is an existing file", intact=("O",)),
@@ -291,3 +322,14 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next_run(base, tmp_path)
     assert not any(p.exists() for p in stale) and live.exists()
     assert sorted(p.name for p in pred.glob("caseA*")) == [
         "caseA_pred.nii.gz", "caseA_prob.nii.gz", "caseA_record.json"]
+
+
+def test_check_reports_a_huge_header_and_goes_on_with_the_other_cases(base, tmp_path, capsys):
+    _copy(base, tmp_path, "data")
+    _header_claims_more(tmp_path / "data" / "caseB")
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "data")]) == 1
+    out = capsys.readouterr().out
+    errors = [line for line in out.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "caseB/flair.nii.gz" in errors[0]
+    assert "caseA" in out and "caseC" in out  # the table lists every case

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import make_case, write_nifti
 from lesionseg.errors import DataError
-from lesionseg.data.io import atomic_path, list_cases, read_case, read_mask, write_like
+from lesionseg.data.io import list_cases, read_case, read_mask
+from lesionseg.data.writing import atomic_path, write_like
 
 RAS = np.array([[1.0, 0, 0, -10.5], [0, 1.0, 0, -12.25], [0, 0, 1.0, 7.125], [0, 0, 0, 1]])
 LAS = np.array([[-0.9, 0, 0, 10.5], [0, 1.1, 0, -12.25], [0, 0, 1.3, 7.125], [0, 0, 0, 1]])

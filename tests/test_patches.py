@@ -15,7 +15,7 @@ from lesionseg.sampling.feed import PatchSequence, load_cases
 from lesionseg.data.io import list_cases
 from lesionseg.data.normalize import normalize_image
 from lesionseg.sampling.bank import load_bank_patch, read_index
-from lesionseg.sampling.sampler import extract_patch
+from lesionseg.sampling.extraction import extract_patch
 
 CONTRACT = ["case", "i0", "j0", "k0", "size_i", "size_j", "size_k", "lesion_voxels"]
 LAS = np.diag([-1.0, 1.0, 1.0, 1.0]) @ np.array(

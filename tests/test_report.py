@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import logging
 import math
 
@@ -11,12 +10,9 @@ import pandas as pd
 import pytest
 from conftest import write_nifti
 
-import lesionseg.data.labels
 import lesionseg.evaluation.compare
-import lesionseg.evaluation.criteria
 import lesionseg.evaluation.lesions
 import lesionseg.evaluation.report
-import lesionseg.evaluation.scoring
 from lesionseg.cli import main
 from lesionseg.config import EvaluateConfig
 from lesionseg.evaluation.compare import compare_reports, run_name, to_markdown
@@ -301,17 +297,3 @@ def test_to_markdown_formats_nan_and_ints():
     text = to_markdown(df)
     assert "x\\|y" in text and "n/a" in text and "0.500" in text
     assert len({len(line) for line in text.splitlines()}) == 1  # aligned columns
-
-
-def test_doctests():
-    modules = (
-        lesionseg.evaluation.report,
-        lesionseg.evaluation.compare,
-        lesionseg.evaluation.lesions,
-        lesionseg.evaluation.criteria,
-        lesionseg.evaluation.scoring,
-        lesionseg.data.labels,
-    )
-    for module in modules:
-        result = doctest.testmod(module)
-        assert result.failed == 0 and result.attempted > 0

@@ -10,20 +10,11 @@ import pytest
 from lesionseg.errors import LesionsegError
 from lesionseg.data.io import read_mask
 from lesionseg.data.labels import label_components
-from lesionseg.sampling.sampler import (
-    PatchSampler,
-    PatchSpec,
-    balance_probabilities,
-    central_half,
-    coverage_matrix,
-    extract_patch,
-    index_lesions,
-    lesion_probabilities,
-    summarize_targeting,
-    target_counts,
-    target_position_range,
-    targeted_lesions,
-)
+from lesionseg.sampling.extraction import PatchSpec, central_half, extract_patch, target_position_range
+from lesionseg.sampling.lesion_table import index_lesions
+from lesionseg.sampling.sampler import PatchSampler
+from lesionseg.sampling.targeting import summarize_targeting, target_counts, targeted_lesions
+from lesionseg.sampling.weights import balance_probabilities, coverage_matrix, lesion_probabilities
 
 
 def dots_mask(shape, points, big=None):

@@ -9,6 +9,7 @@ only the first.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lesionseg.data.labels import label_components
-from lesionseg.errors import DataError
+from lesionseg.config import DataConfig
 from lesionseg.data.io import (
     Grid,
     _grid_mismatch,
@@ -25,9 +25,12 @@ from lesionseg.data.io import (
     find_file,
     grid_of,
     list_cases,
+    read_case,
     read_image,
     read_mask,
 )
+from lesionseg.data.labels import label_components
+from lesionseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -214,3 +217,17 @@ def check_dataset(
         report.cases.append(summary)
         report.problems.extend(problems)
     return report
+
+
+def require_readable(case_dirs: Sequence[Path], data: DataConfig, with_mask: bool) -> None:
+    """Read every case once before a stage uses any: the first problem is a one-line :class:`DataError`.
+
+    ``train`` and ``infer`` call this before they write anything, so a blank or truncated
+    file in the last case stops the run before the first case is used.  The checks are those
+    of ``lesionseg check``: missing, unreadable, truncated or oversized, not 3D, NaN/Inf,
+    blank or constant images, files off one grid, a non-binary mask.
+    """
+    t0 = time.perf_counter()
+    for case_dir in case_dirs:
+        read_case(case_dir, data.channels, data.mask if with_mask else None, data.mask_values, data.affine_tolerance)
+    log.debug("%d case(s) checked in %.1f s", len(case_dirs), time.perf_counter() - t0)

@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from lesionseg.data.io import atomic_path
+from lesionseg.data.writing import atomic_path
 
 log = logging.getLogger(__name__)
 

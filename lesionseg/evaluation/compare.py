@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lesionseg.data import io
+from lesionseg.data import writing
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.report import SETTINGS_COLUMNS
 
@@ -105,7 +105,7 @@ def compare_reports(report_dirs: Sequence[Path], out_csv: Path) -> pd.DataFrame:
                 "the reports differ in %s (%s): their counts are not comparable",
                 column, ", ".join(map(str, table[column].unique())),
             )  # fmt: skip
-    with io.atomic_path(out_csv) as tmp:
+    with writing.atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     return table
 

@@ -22,6 +22,7 @@ from lesionseg.config import Config
 from lesionseg.data import io
 from lesionseg.errors import DataError, LesionsegError
 from lesionseg.evaluation.lesions import evaluate_case, lesion_status_map
+from lesionseg.evaluation.overlays import write_overlay
 from lesionseg.evaluation.report import summary_table, write_reports
 from lesionseg.evaluation.scoring import CaseEvaluation
 from lesionseg.provenance import check_single_source
@@ -143,8 +144,6 @@ def _evaluate_pair(case_dir: Path, pred_path: Path, config: Config, overlay_dir:
     pred = read_prediction(pred_path, grid, mask_path, config.data.affine_tolerance)
     if overlay_dir is None:
         return evaluate_case(truth, pred, grid.zooms, cfg, case_dir.name)
-    from lesionseg.evaluation.overlays import write_overlay
-
     status, ev = lesion_status_map(truth, pred, grid.zooms, cfg, case_dir.name)
     write_overlay(
         overlay_dir / f"{case_dir.name}.png",

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-from lesionseg.data.io import atomic_path
+from lesionseg.data.writing import atomic_path
 from lesionseg.evaluation.lesions import STATUS_FN, STATUS_FP, STATUS_TP
 
 #: RGB colour per status code
@@ -92,9 +94,6 @@ def write_overlay(
     Path
         The written file.
     """
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
     status = np.asarray(status)
     if background is not None and np.shape(background) != status.shape:
         raise ValueError(f"background {np.shape(background)} and status {status.shape} differ in shape")

@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from lesionseg.config import EvaluateConfig
-from lesionseg.data import io
+from lesionseg.data import writing
 from lesionseg.evaluation.criteria import CRITERIA, resolved_min_lesion_mm3
 from lesionseg.evaluation.lesions import LESION_COLUMNS
 from lesionseg.evaluation.scoring import CaseEvaluation, nanmean, pool_counts
@@ -154,6 +154,6 @@ def write_reports(evaluations: Sequence[CaseEvaluation], out_dir: Path, cfg: Eva
     }
     with contextlib.ExitStack() as stack:
         for name, table in tables.items():
-            tmp = stack.enter_context(io.atomic_path(out_dir / name))
+            tmp = stack.enter_context(writing.atomic_path(out_dir / name))
             table.to_csv(tmp, index=False)
     return out_dir

@@ -17,6 +17,7 @@ the same way (``infer.min_lesion_mm3``, tuned, else 0).
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -25,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from lesionseg.config import Config
-from lesionseg.data import io
+from lesionseg.data import io, writing
+from lesionseg.data.check import require_readable
 from lesionseg.data.normalize import normalize_image
 from lesionseg.errors import DataError, LesionsegError
 from lesionseg.inference.postprocess import (
@@ -37,7 +40,9 @@ from lesionseg.inference.postprocess import (
     resolve_decision,
 )
 from lesionseg.inference.predictor import MODEL_FILE, Predictor
+from lesionseg.logs import setup_logging
 from lesionseg.provenance import Source, write_record
+from lesionseg.runtime import configure_backend
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +59,6 @@ def check_channels(case_dirs: Sequence[Path], channels: Sequence[str], run_dir: 
                     f"{case_dir.name}/{ch}.nii.gz: missing channel {ch!r} "
                     f"(the model in {run_dir} was trained on {', '.join(channels)})"
                 )
-
-
-def check_cases(case_dirs: Sequence[Path], config: Config) -> None:
-    """Read every case once before predicting any: a bad one stops the run before anything is written.
-
-    The checks are those of ``lesionseg check`` (missing, unreadable, truncated, blank or
-    constant, NaN/Inf, files off one grid).
-    """
-    t0 = time.perf_counter()
-    for case_dir in case_dirs:
-        io.read_case(case_dir, config.data.channels, affine_tolerance=config.data.affine_tolerance)
-    log.info("%d case(s) checked in %.1f s", len(case_dirs), time.perf_counter() - t0)
 
 
 def read_normalised(case_dir: Path, config: Config, mask: bool = False) -> tuple[io.Case, np.ndarray]:
@@ -97,8 +90,8 @@ def predict_case(
     del image
     pred = postprocess(prob, config.infer, case.grid.zooms, tuned)
     out_dir = Path(out_dir)
-    io.write_like(out_dir / f"{case.case_id}_prob.nii.gz", prob, case.affine, case.header, np.float32)
-    pred_path = io.write_like(out_dir / f"{case.case_id}_pred.nii.gz", pred, case.affine, case.header, np.uint8)
+    writing.write_like(out_dir / f"{case.case_id}_prob.nii.gz", prob, case.affine, case.header, np.float32)
+    pred_path = writing.write_like(out_dir / f"{case.case_id}_pred.nii.gz", pred, case.affine, case.header, np.uint8)
     if source is not None:
         threshold, min_mm3 = resolve_decision(config.infer, tuned)
         write_record(out_dir, case.case_id, source, threshold, min_mm3, time.perf_counter() - t0)
@@ -113,8 +106,6 @@ def predict_case(
 
 def _window_bar(case_id: str) -> Callable[[int, int], None]:
     """A tqdm progress bar over a case's windows (silent when stderr is not a terminal)."""
-    from tqdm import tqdm
-
     bar: list[Any] = []
 
     def update(done: int, total: int) -> None:
@@ -171,7 +162,7 @@ def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path
         raise LesionsegError(f"{run_dir / MODEL_FILE}: missing; is {run_dir} a trained lesionseg run?")
     case_dirs = io.list_cases(input_path)
     check_channels(case_dirs, config.data.channels, run_dir)
-    check_cases(case_dirs, config)
+    require_readable(case_dirs, config.data, with_mask=False)
     tuned = read_tuning(run_dir)
     threshold, min_mm3 = resolve_decision(config.infer, tuned)
     workers = max(1, min(int(config.infer.workers), len(case_dirs)))
@@ -202,8 +193,6 @@ def _predict_serial(
     source: Source,
 ) -> list[Path]:
     """Every case in this process, the backend on every CPU."""
-    from lesionseg.runtime import configure_backend
-
     configure_backend(_threads_per_worker(1))
     predictor = Predictor.from_run(run_dir, config)
     outputs = []
@@ -217,8 +206,6 @@ def _predict_in_pool(
     run_dir: Path, config: Config, case_dirs: Sequence[Path], out_dir: Path, workers: int, source: Source
 ) -> list[Path]:
     """One case per task in ``workers`` spawned processes, each loading the model once."""
-    import multiprocessing as mp
-
     level = logging.getLogger("lesionseg").getEffectiveLevel()
     with ProcessPoolExecutor(
         max_workers=workers,
@@ -245,9 +232,6 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(run_dir: Path, config: Config, threads: int, log_level: int) -> None:
     """Process-pool initialiser: logging, quiet backend and its thread count."""
-    from lesionseg.logs import setup_logging
-    from lesionseg.runtime import configure_backend
-
     setup_logging(verbose=int(log_level <= logging.DEBUG), quiet=log_level > logging.INFO)
     configure_backend(threads)
     _WORKER.update(run_dir=run_dir, config=config)

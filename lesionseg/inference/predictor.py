@@ -160,7 +160,7 @@ def prepare_for_inference(model: Any, config: Config) -> Any:
     See :func:`lesionseg.model.unet.inference_model`; a model that was not built by
     lesionseg's U-Net is used as it is.
     """
-    from lesionseg.model.unet import inference_model
+    from lesionseg.model.unet import inference_model  # local: Keras loads with the model (see load_run_model)
 
     try:
         return inference_model(model, config.model, config.infer.precision)
@@ -179,6 +179,8 @@ def load_run_model(run_dir: str | Path) -> Any:
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise LesionsegError(f"{path}: missing; is {run_dir} a trained lesionseg run?")
+    # local: importing the U-Net loads Keras (seconds, and TensorFlow's start-up lines on stderr), which
+    # infer and tune defer until their inputs are checked; this module is imported by them at top
     from lesionseg.model.unet import load_model
 
     try:

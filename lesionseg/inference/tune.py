@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from lesionseg.config import Config, EvaluateConfig
-from lesionseg.data import io
+from lesionseg.data import io, writing
 from lesionseg.data.labels import ORIGIN_BOX, bounding_box, component_sizes
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.lesions import evaluate_case
@@ -34,6 +34,7 @@ from lesionseg.evaluation.scoring import CaseCounts, over_segmented, pool_counts
 from lesionseg.inference.infer import check_channels, read_normalised
 from lesionseg.inference.postprocess import TUNING_FILE, decide
 from lesionseg.inference.predictor import Predictor
+from lesionseg.runtime import configure_backend
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def _json_number(x: float) -> float | None:
 def write_tuning(run_dir: Path, result: TuningResult, cases: Sequence[str]) -> Path:
     """Write ``RUN/tuning.json`` and ``RUN/tuning.csv`` atomically; return the JSON path."""
     run_dir = Path(run_dir)
-    with io.atomic_path(run_dir / TABLE_FILE) as tmp:
+    with writing.atomic_path(run_dir / TABLE_FILE) as tmp:
         result.table.to_csv(tmp, index=False, float_format="%.6g")
     payload = {
         "threshold": float(result.threshold),
@@ -260,7 +261,7 @@ def write_tuning(run_dir: Path, result: TuningResult, cases: Sequence[str]) -> P
         "cases": list(cases),
     }
     path = run_dir / TUNING_FILE
-    with io.atomic_path(path) as tmp:
+    with writing.atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 
@@ -286,8 +287,6 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
     -------
     TuningResult
     """
-    from lesionseg.runtime import configure_backend
-
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     case_dirs = io.list_cases(data_dir)
     check_channels(case_dirs, config.data.channels, run_dir)

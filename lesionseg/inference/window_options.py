@@ -14,15 +14,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lesionseg.config import Config
 from lesionseg.data.labels import bounding_box
 from lesionseg.inference.sliding_window import PredictFn, Progress, predict_volume
-
-if TYPE_CHECKING:
-    from lesionseg.config import Config
 
 
 def flip_combinations(flip_axes: Sequence[int]) -> list[tuple[int, ...]]:

@@ -49,6 +49,7 @@ def lesion_probability(logits, head: str):
 
     Uses ``keras.ops`` only, so it runs on any Keras backend.
     """
+    # local: the NumPy functions below serve infer/tune, which load Keras only after checking inputs
     from keras import ops
 
     head_channels(head)
@@ -65,7 +66,7 @@ def class_log_probabilities(logits, head: str):
     finite logits and their gradients never vanish through a saturated
     probability.
     """
-    from keras import ops
+    from keras import ops  # local: see lesion_probability
 
     head_channels(head)
     if head == "sigmoid":
@@ -82,7 +83,7 @@ def class_probabilities(logits, head: str):
     a confidently wrong voxel still has a non-zero gradient.  p_background +
     p_lesion = 1 up to rounding.
     """
-    from keras import ops
+    from keras import ops  # local: see lesion_probability
 
     log_bg, log_fg = class_log_probabilities(logits, head)
     return ops.exp(log_bg), ops.exp(log_fg)

@@ -18,13 +18,17 @@ registered for compiled models.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import zipfile
 from pathlib import Path
 
 import keras
+import numpy as np
 
+import lesionseg.model.losses  # noqa: F401  (registers the serialisable loss for load_model)
+import lesionseg.model.metrics  # noqa: F401  (registers the metrics for load_model)
 from lesionseg.config import PRECISIONS, ModelConfig, check_patch_size
 from lesionseg.errors import LesionsegError
 from lesionseg.model.heads import head_channels
@@ -197,9 +201,6 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
     LesionsegError
         Missing or unreadable file.
     """
-    import lesionseg.model.losses  # noqa: F401  (registers the serialisable loss)
-    import lesionseg.model.metrics  # noqa: F401  (registers the metrics)
-
     path = Path(path)
     if not path.is_file():
         raise LesionsegError(f"{path}: model file not found")
@@ -240,10 +241,6 @@ def inference_model(model: keras.Model, cfg: ModelConfig, precision: str = "floa
     keras.Model
         The model to predict with (``model`` itself when nothing applies).
     """
-    import dataclasses
-
-    import numpy as np
-
     if precision not in PRECISIONS:
         raise LesionsegError(f"infer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if cfg.norm != "batch" and precision == "float32":

@@ -96,7 +96,7 @@ def augment_patch(
     Parameters
     ----------
     rng : numpy.random.Generator
-        Random source (one per patch, see :func:`lesionseg.sampling.sampler.patch_rng`).
+        Random source (one per patch, see :func:`lesionseg.sampling.extraction.patch_rng`).
     image : numpy.ndarray
         (d, h, w, C) float32 normalised patch.
     mask : numpy.ndarray

@@ -33,7 +33,10 @@ from tqdm import tqdm
 
 from lesionseg.config import Config, save_config
 from lesionseg.errors import LesionsegError
-from lesionseg.data.io import atomic_path, list_cases
+from lesionseg.data.io import list_cases
+from lesionseg.data.writing import atomic_path
+from lesionseg.sampling.feed import cut_patch, load_cases
+from lesionseg.sampling.sampler import PatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +92,6 @@ def write_patch_bank(config: Config, data_dir: Path, out_dir: Path) -> Path:
     Path
         ``P/index.csv`` (written last, atomically, like every file here).
     """
-    from lesionseg.sampling.feed import cut_patch, load_cases
-    from lesionseg.sampling.sampler import PatchSampler
-
     cfg = config.patches
     if cfg.n_patches < 1:
         raise LesionsegError(f"config patches.n_patches must be >= 1, got {cfg.n_patches}")

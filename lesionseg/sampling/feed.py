@@ -1,7 +1,7 @@
 """The training input pipeline: cached, normalised volumes -> online patches for Keras.
 
 :func:`load_cases` reads every case once (NIfTI -> normalised float32 image,
-uint8 mask, lesion labels -> :class:`~lesionseg.sampling.sampler.LesionTable`) and
+uint8 mask, lesion labels -> :class:`~lesionseg.sampling.lesion_table.LesionTable`) and
 keeps it in memory; :class:`PatchSequence` then cuts new patches every epoch
 from those arrays (never re-reading NIfTI) and feeds Keras as a
 ``keras.utils.PyDataset``, which works on the TensorFlow, JAX and torch
@@ -36,15 +36,9 @@ from lesionseg.config import AugmentConfig, Config, PatchConfig
 from lesionseg.data.io import Grid, read_case
 from lesionseg.data.labels import check_connectivity
 from lesionseg.data.normalize import foreground_mask, normalize_image, saturated_fraction
-from lesionseg.sampling.sampler import (
-    AUGMENT_STREAM,
-    LesionTable,
-    PatchSampler,
-    PatchSpec,
-    extract_patch,
-    index_lesions,
-    patch_rng,
-)
+from lesionseg.sampling.extraction import AUGMENT_STREAM, PatchSpec, extract_patch, patch_rng
+from lesionseg.sampling.lesion_table import LesionTable, index_lesions
+from lesionseg.sampling.sampler import PatchSampler
 
 log = logging.getLogger(__name__)
 

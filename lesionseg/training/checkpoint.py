@@ -13,6 +13,8 @@ import logging
 import math
 import os
 import shutil
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lesionseg.data import io
+from lesionseg.data import writing
 from lesionseg.errors import LesionsegError
 from lesionseg.training.curves import read_history
 
@@ -127,10 +129,10 @@ def save_checkpoint(model: Any, state: RunState, ckpt_dir: Path) -> None:
     arrays.update(
         {f"o{i:04d}": np.asarray(ops.convert_to_numpy(v)) for i, v in enumerate(model.optimizer.variables)}
     )
-    with io.atomic_path(ckpt_dir / WEIGHTS_FILE) as tmp:
+    with writing.atomic_path(ckpt_dir / WEIGHTS_FILE) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-    with io.atomic_path(ckpt_dir / STATE_FILE) as tmp:
+    with writing.atomic_path(ckpt_dir / STATE_FILE) as tmp:
         tmp.write_text(state.to_json())
 
 
@@ -145,8 +147,8 @@ def _read_checkpoint(ckpt_dir: Path) -> tuple[RunState, list[np.ndarray], list[n
         with np.load(weights_path) as data:
             weights = [data[k] for k in sorted(k for k in data.files if k.startswith("w"))]
             opt = [data[k] for k in sorted(k for k in data.files if k.startswith("o"))]
-    except (ValueError, OSError, KeyError, TypeError) as exc:
-        raise LesionsegError(f"{ckpt_dir}: unreadable checkpoint ({exc})") from None
+    except (ValueError, OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise LesionsegError(f"{ckpt_dir}: unreadable checkpoint ({exc}); train again without --resume") from None
     return state, weights, opt
 
 
@@ -176,6 +178,15 @@ def load_checkpoint(model: Any, ckpt_dir: Path) -> RunState:
     return state
 
 
+def check_resumable(run_dir: Path, resume: bool) -> None:
+    """With ``resume``: raise unless ``RUN/checkpoint`` exists and can be read (before any work)."""
+    if not resume:
+        return
+    if not (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file():
+        raise LesionsegError(f"{run_dir / CHECKPOINT_DIR / STATE_FILE}: missing; nothing to resume in {run_dir}")
+    _read_checkpoint(run_dir / CHECKPOINT_DIR)
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, writes: bool) -> None:
     """Check there is something to resume; create ``run_dir`` and clear an earlier run in it.
 
@@ -193,17 +204,56 @@ def prepare_run_dir(run_dir: Path, resume: bool, writes: bool) -> None:
     LesionsegError
         ``resume`` without a checkpoint.
     """
-    if resume and not (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file():
-        raise LesionsegError(f"{run_dir / CHECKPOINT_DIR / STATE_FILE}: missing; nothing to resume in {run_dir}")
+    check_resumable(run_dir, resume)
     if not writes:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume and (run_dir / CHECKPOINT_DIR).exists():
-        log.warning("%s holds an earlier run: starting over (use --resume to continue it)", run_dir)
-        shutil.rmtree(run_dir / CHECKPOINT_DIR)
-        for name in (HISTORY_FILE, MODEL_FILE, "curves.png"):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "validation", ignore_errors=True)
+
+
+#: What a run folder holds (written by ``train`` and ``tune``); other files in it are not ours.
+RUN_FILES = (MODEL_FILE, "config.yaml", HISTORY_FILE, "curves.png", "validation", "split.csv", "train.log",
+             CHECKPOINT_DIR, "tuning.json", "tuning.csv")
+
+
+def holds_run(run_dir: Path) -> list[str]:
+    """The run files already in ``run_dir`` (empty: nothing to lose there)."""
+    return [name for name in (MODEL_FILE, CHECKPOINT_DIR, HISTORY_FILE) if (run_dir / name).exists()]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_run(run_dir: Path, created: bool) -> None:
+    """Remove what a failed new run wrote: the folder if it made it, else only the run's files."""
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for name in RUN_FILES:
+        _remove(run_dir / name)
+
+
+def replace_run(new: Path, run_dir: Path) -> None:
+    """Put the run in ``new`` in place of the one in ``run_dir`` (files of other tools stay).
+
+    The earlier run's files are first moved aside (``.RUN.replaced``), so an interruption
+    between the two moves leaves the earlier run recoverable, never half of each.  Its
+    ``tuning.json`` goes too: a tuned decision belongs to the model it was tuned for.
+    """
+    aside = run_dir.parent / f".{run_dir.name}.replaced"
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
+    for name in RUN_FILES:
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, aside / name)
+    for name in RUN_FILES:
+        if (new / name).exists():
+            os.replace(new / name, run_dir / name)
+    shutil.rmtree(aside)
+    log.info("replaced the earlier run in %s", run_dir)
 
 
 def resumed_history(run_dir: Path, epoch: int) -> list[dict[str, Any]]:
@@ -214,7 +264,7 @@ def resumed_history(run_dir: Path, epoch: int) -> list[dict[str, Any]]:
 
 def save_model(model: Any, path: Path) -> None:
     """``model.save`` through a temporary file (never a half-written model)."""
-    with io.atomic_path(path) as tmp:
+    with writing.atomic_path(path) as tmp:
         model.save(tmp)
 
 

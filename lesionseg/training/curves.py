@@ -20,7 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lesionseg.data.io import atomic_path
+from matplotlib.figure import Figure
+
+from lesionseg.data.writing import atomic_path
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -158,12 +160,8 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     Path
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    fig = Figure(figsize=(10, 7), constrained_layout=True)  # no pyplot: no GUI backend, no global figure list
+    axes = fig.subplots(2, 2)
     _plot_loss(axes[0, 0], rows)
     _plot_dice(axes[0, 1], rows)
     _plot_lesions(axes[1, 0], rows)
@@ -176,5 +174,4 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     return path

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from keras import ops
 
 from lesionseg.model.heads import head_channels
 
@@ -412,8 +413,6 @@ def reference_losses(
         ``background``: every voxel background with certainty;
         ``uniform``: every logit 0 (p = 0.5; ln 2 for BCE).
     """
-    from keras import ops  # the loss takes tensors; keras loads after configure_backend
-
     k = head_channels(head)
     shape = tuple(y_true.shape[:-1]) + (k,)
     zeros = np.zeros(shape, np.float32)

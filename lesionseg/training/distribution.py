@@ -55,7 +55,7 @@ def make_strategy(name: str, backend: str) -> Any:
             f"config train.strategy={name!r} needs the TensorFlow backend (KERAS_BACKEND=tensorflow), "
             f"this process runs {backend!r}"
         )
-    import tensorflow as tf
+    import tensorflow as tf  # local: tf.distribute only on the TensorFlow backend (checked above)
 
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
@@ -109,7 +109,16 @@ def jit_compile(backend: str) -> bool | str:
     """``jit_compile`` for ``model.compile``: XLA off on CPU (slower there and a long first step),
     automatic on GPUs."""
     if backend == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # local: backend chosen at run time; not loaded under jax/torch
 
         return "auto" if tf.config.list_physical_devices("GPU") else False
     return False
+
+
+def check_replicas(batch_size: int, n_replicas: int, strategy_name: str) -> None:
+    """Raise unless the global batch splits evenly across the replicas of the strategy."""
+    if batch_size % n_replicas:
+        raise LesionsegError(
+            f"config train.batch_size={batch_size} is the global batch and must be divisible by the "
+            f"{n_replicas} replicas of train.strategy={strategy_name!r}"
+        )

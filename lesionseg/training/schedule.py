@@ -29,8 +29,10 @@ MIN_DELTA = 1e-6
 def cosine_lr(epoch: int, epochs: int, lr: float, min_lr: float) -> float:
     """Cosine-annealed learning rate for a 0-based epoch (``lr`` at 0, ``min_lr`` at the end).
 
-    >>> cosine_lr(0, 10, 1e-3, 0.0), round(cosine_lr(5, 10, 1e-3, 0.0), 6)
-    (0.001, 0.0005)
+    The last epoch is ``epochs - 1``, so with 11 epochs epoch 5 is half-way:
+
+    >>> cosine_lr(0, 11, 1e-3, 0.0), round(cosine_lr(5, 11, 1e-3, 0.0), 6), cosine_lr(10, 11, 1e-3, 0.0)
+    (0.001, 0.0005, 0.0)
     """
     if epochs <= 1:
         return lr

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,22 +53,34 @@ from typing import Any
 import numpy as np
 
 from lesionseg.config import Config, save_config
-from lesionseg.data import io
+from lesionseg.data import io, writing
+from lesionseg.data.check import require_readable
 from lesionseg.data.split import Split, split_cases
-from lesionseg.errors import LesionsegError
+from lesionseg.errors import DataError, LesionsegError
 from lesionseg.logs import add_file_log
 from lesionseg.training.checkpoint import (
     CHECKPOINT_DIR,
     MODEL_FILE,
     RunState,
+    check_resumable,
+    holds_run,
     load_checkpoint,
     prepare_run_dir,
+    remove_run,
+    replace_run,
     resumed_history,
     save_model,
 )
-from lesionseg.training.distribution import is_chief, jit_compile, make_strategy, replica_scaled, replicas, scope
+from lesionseg.training.distribution import (
+    check_replicas,
+    is_chief,
+    jit_compile,
+    make_strategy,
+    replica_scaled,
+    replicas,
+    scope,
+)
 from lesionseg.training.history import History, finite_or_zero
-from lesionseg.training.schedule import SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +90,12 @@ class TrainingStopped(LesionsegError):
 
 
 def train(
-    config: Config, data_dir: Path, run_dir: Path, resume: bool = False, callbacks: Sequence[Any] = ()
+    config: Config,
+    data_dir: Path,
+    run_dir: Path,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+    overwrite: bool = False,
 ) -> Path:
     """Train a 3D U-Net and write the run folder.
 
@@ -93,6 +111,10 @@ def train(
     resume : bool
         Continue from ``RUN/checkpoint`` (weights, optimizer, epoch, best
         score, schedule and sampler state) instead of starting anew.
+    overwrite : bool
+        ``RUN`` holds an earlier run: train the new one in ``.RUN.attempt`` beside it and
+        replace the earlier run's files only when the new run has succeeded (without it,
+        an earlier run is an error: it is never deleted by a run that may still fail).
     callbacks : sequence of keras.callbacks.Callback
         Extra callbacks for ``model.fit``, called after the stage's own at
         every hook: at ``on_epoch_end`` the epoch's history row, best model
@@ -107,7 +129,9 @@ def train(
     Raises
     ------
     LesionsegError
-        Bad data or config, nothing to resume.
+        Bad data or config, nothing to resume, an earlier run in ``RUN`` without
+        ``overwrite``.  A new run that fails before its first checkpoint removes what
+        it wrote; an interrupted one keeps its checkpoint for ``--resume``.
     TrainingStopped
         The loss became NaN/Inf; ``RUN/model.keras`` holds the last good
         model and the history shows where it happened.
@@ -115,14 +139,64 @@ def train(
     from lesionseg.runtime import configure_backend
 
     run_dir, data_dir = Path(run_dir), Path(data_dir)
+    # everything that can be checked without the backend first: earlier run, checkpoint, data, split
+    if not resume and holds_run(run_dir) and not overwrite:
+        raise LesionsegError(
+            f"{run_dir}: holds an earlier run ({', '.join(holds_run(run_dir))}); --resume continues it, "
+            "--overwrite replaces it once the new run has succeeded"
+        )
+    check_resumable(run_dir, resume)
+    data = _check_data(config, data_dir)
     backend = configure_backend(config.train.threads, config.train.seed)
     strategy = make_strategy(config.train.strategy, backend)
-    _check_train_config(config, replicas(strategy))
+    check_replicas(config.train.batch_size, replicas(strategy), config.train.strategy)
     writes = is_chief(strategy)
+    if resume or not holds_run(run_dir):
+        return _train_in(run_dir, data, resume, backend, strategy, writes, callbacks)
+    attempt = run_dir.parent / f".{run_dir.name}.attempt"
+    shutil.rmtree(attempt, ignore_errors=True)  # a killed earlier attempt
+    try:
+        _train_in(attempt, data, False, backend, strategy, writes, callbacks)
+        if writes:
+            replace_run(attempt, run_dir)
+    finally:
+        shutil.rmtree(attempt, ignore_errors=True)
+    return run_dir
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The checked training data: configuration, folder, its cases and their split."""
+
+    config: Config
+    data_dir: Path
+    case_dirs: list[Path]
+    split: Split
+
+
+def _check_data(config: Config, data_dir: Path) -> _Data:
+    """Every case labelled and readable, the split valid: before the backend starts or RUN is touched."""
+    cfg = config.train
+    case_dirs = _labelled_case_dirs(config, data_dir)
+    split = split_cases([d.name for d in case_dirs], cfg.val_fraction, cfg.val_cases, config.data.group_pattern, cfg.seed)
+    require_readable(case_dirs, config.data, with_mask=True)
+    return _Data(config, data_dir, case_dirs, split)
+
+
+def _train_in(
+    run_dir: Path, data: _Data, resume: bool, backend: str, strategy: Any, writes: bool, callbacks: Sequence[Any]
+) -> Path:
+    """Train into ``run_dir``; a new run that fails before its first checkpoint leaves nothing behind."""
+    created = not run_dir.exists()
     prepare_run_dir(run_dir, resume, writes)
-    with _file_log(run_dir, writes):
-        run = _Setup(config, data_dir, run_dir, resume, backend, strategy, writes)
-        return _train(run, list(callbacks))
+    try:
+        with _file_log(run_dir, writes):
+            run = _Setup(data.config, data.data_dir, run_dir, resume, backend, strategy, writes, data)
+            return _train(run, list(callbacks))
+    except BaseException as exc:  # also Ctrl-C: before the first checkpoint there is nothing to resume
+        if writes and not resume and not isinstance(exc, TrainingStopped) and not (run_dir / CHECKPOINT_DIR).exists():
+            remove_run(run_dir, created)
+        raise
 
 
 @dataclass(frozen=True)
@@ -136,6 +210,7 @@ class _Setup:
     backend: str
     strategy: Any
     writes: bool
+    data: _Data
 
 
 def _train(run: _Setup, callbacks: list[Any]) -> Path:
@@ -167,9 +242,7 @@ def _load_split(run: _Setup) -> tuple[list[Any], list[Any]]:
     """Split the labelled cases, load them; the chief writes config.yaml and split.csv."""
     from lesionseg.sampling.feed import load_cases
 
-    config, cfg = run.config, run.config.train
-    case_dirs = _labelled_case_dirs(config, run.data_dir)
-    split = split_cases([d.name for d in case_dirs], cfg.val_fraction, cfg.val_cases, config.data.group_pattern, cfg.seed)
+    config, split, case_dirs = run.config, run.data.split, run.data.case_dirs
     log.info("split: %s; validation: %s", split.describe(), ", ".join(split.val) or "none")
     by_name = {d.name: d for d in case_dirs}
     train_cases = load_cases(config, [by_name[c] for c in split.train])
@@ -276,8 +349,17 @@ def _fit(run: _Setup, model: Any, sequence: Any, control: Any, callbacks: list[A
     sequence.set_epoch(control.state.epoch)
     stage = [progress_callback(cfg.epochs, cfg.steps_per_epoch), control.diagnostics, control]
     try:
+        # shuffle=False: fit's default shuffles the order of the sequence's batches with Python's global
+        # `random`, which is re-seeded at every start and is in no checkpoint, so a resumed run would feed
+        # its epochs' batches in another order than the uninterrupted run; the batches are already random
+        # draws per (seed, epoch, index), so their order adds nothing and stays 0..steps_per_epoch-1.
         model.fit(
-            sequence, epochs=cfg.epochs, initial_epoch=control.state.epoch, callbacks=stage + callbacks, verbose=0
+            sequence,
+            epochs=cfg.epochs,
+            initial_epoch=control.state.epoch,
+            callbacks=stage + callbacks,
+            shuffle=False,
+            verbose=0,
         )
     except KeyboardInterrupt:
         log.warning(
@@ -341,7 +423,7 @@ def _find_probe(sequence: Any, epoch: int, tries: int = 8) -> tuple[np.ndarray, 
 def _write_split(split: Split, path: Path) -> None:
     import csv
 
-    with io.atomic_path(path) as tmp:
+    with writing.atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["case", "group", "side"])
@@ -350,31 +432,16 @@ def _write_split(split: Split, path: Path) -> None:
                     w.writerow([c, split.groups[c], side])
 
 
-def _check_train_config(config: Config, n_replicas: int) -> None:
-    cfg = config.train
-    if cfg.schedule not in SCHEDULES:
-        raise LesionsegError(f"config train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
-    for key in ("epochs", "steps_per_epoch", "batch_size"):
-        if getattr(cfg, key) < 1:
-            raise LesionsegError(f"config train.{key} must be >= 1, got {getattr(cfg, key)}")
-    if not cfg.learning_rate > 0:
-        raise LesionsegError(f"config train.learning_rate must be > 0, got {cfg.learning_rate}")
-    if cfg.batch_size % n_replicas:
-        raise LesionsegError(
-            f"config train.batch_size={cfg.batch_size} is the global batch and must be divisible by the "
-            f"{n_replicas} replicas of train.strategy={cfg.strategy!r}"
-        )
-
-
 def _labelled_case_dirs(config: Config, data_dir: Path) -> list[Path]:
+    """Every case of ``data_dir``; each must have its mask (an unlabelled case is an error, not skipped)."""
     dirs = io.list_cases(data_dir)
-    labelled = [d for d in dirs if io.find_file(d, config.data.mask) is not None]
-    missing = [d.name for d in dirs if d not in labelled]
-    if missing:
-        log.warning("%d case(s) without %s ignored for training: %s", len(missing), config.data.mask, ", ".join(missing))
-    if not labelled:
-        raise LesionsegError(f"{data_dir}: no case has a {config.data.mask}.nii.gz; training needs lesion masks")
-    return labelled
+    for d in dirs:
+        if io.find_file(d, config.data.mask) is None:
+            raise DataError(
+                f"{d.name}/{config.data.mask}.nii.gz: missing mask (training needs one for every case of "
+                f"{data_dir}; move unlabelled cases out of the folder)"
+            )
+    return dirs
 
 
 @contextlib.contextmanager

@@ -15,9 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from keras import ops
 
 from lesionseg.config import Config
+from lesionseg.evaluation.lesions import evaluate_case
+from lesionseg.evaluation.report import summary_table
 from lesionseg.evaluation.scoring import over_segmented, selection_key
+from lesionseg.inference.postprocess import postprocess
+from lesionseg.inference.predictor import Predictor
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,6 @@ class _DirectPredictor:
         self.model = model
 
     def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
-        from keras import ops
-
         return np.asarray(ops.convert_to_numpy(self.model(batch, training=False)))
 
 
@@ -113,11 +116,6 @@ def validate(model: Any, cases: Sequence[Any], config: Config, distributed: bool
     -------
     ValidationResult
     """
-    from lesionseg.evaluation.lesions import evaluate_case
-    from lesionseg.inference.postprocess import postprocess
-    from lesionseg.inference.predictor import Predictor
-    from lesionseg.evaluation.report import summary_table
-
     t0 = time.perf_counter()
     evaluations = []
     n_fg = n_vox = n_truth = 0

@@ -1,0 +1,329 @@
+"""The configuration sections ``lesionseg train`` reads: data, patches, augment, model, loss, train.
+
+One frozen dataclass per stage; each checks its own values in ``__post_init__``
+(types, ranges, choices of :mod:`~lesionseg.config.vocabulary`), so a section
+that exists is valid.  Checks involving two sections live in
+:mod:`~lesionseg.config.sections`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lesionseg.config.vocabulary import (
+    ACTIVATIONS,
+    CONNECTIVITIES,
+    HEADS,
+    MASK_VALUES,
+    MAX_DEPTH,
+    MIN_DEPTH,
+    NORMALIZATIONS,
+    NORMS,
+    SCHEDULES,
+    STRATEGIES,
+    UPSAMPLINGS,
+    at_least,
+    is_number,
+    one_of,
+    require,
+    spatial_axes,
+    unit_interval,
+)
+from lesionseg.errors import LesionsegError
+from lesionseg.model.loss_spec import check_loss_name, check_loss_params
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which files make a case and how intensities are normalised.
+
+    Attributes
+    ----------
+    channels : tuple of str
+        Input channel file stems, in model channel order (``flair`` reads
+        ``<case>/flair.nii.gz`` or ``<case>/flair.nii``).
+    mask : str
+        File stem of the expert lesion mask.
+    mask_values : {"binary", "positive"}
+        ``binary``: a mask whose values are not all in {0, 1} is an error.
+        ``positive``: any value > 0 is lesion (opt-in, for label maps).
+    normalization : {"zscore", "minmax", "none"}
+        Per-channel intensity normalisation, computed inside the non-zero
+        (brain) region of each channel.
+    clip_percentiles : tuple of float
+        Percentiles (of the non-zero region) the intensities are clipped to
+        before normalising.
+    group_pattern : str or None
+        Regular expression whose first group (or whole match) taken from the
+        case id is the patient key; cases of one patient stay on one side of
+        a train/validation split.  ``None``: every case is its own group.
+    affine_tolerance : float
+        Largest absolute difference allowed between the affines of a case's
+        files (mm); larger means image and mask are not on one grid.
+    """
+
+    channels: tuple[str, ...] = ("flair", "t1")
+    mask: str = "lesion_mask"
+    mask_values: str = "binary"
+    normalization: str = "zscore"
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    group_pattern: str | None = None
+    affine_tolerance: float = 1e-3
+
+    def __post_init__(self) -> None:
+        channels = tuple(self.channels)
+        require(len(channels) > 0 and all(isinstance(c, str) and c for c in channels)
+                 and len(set(channels)) == len(channels), "data.channels", "distinct non-empty names", channels)
+        require(isinstance(self.mask, str) and bool(self.mask), "data.mask", "a file stem", self.mask)
+        require(self.mask not in channels, "data.mask", "different from every channel", self.mask)
+        one_of("data.mask_values", self.mask_values, MASK_VALUES)
+        one_of("data.normalization", self.normalization, NORMALIZATIONS)
+        clip = tuple(self.clip_percentiles)
+        require(len(clip) == 2 and all(is_number(c) for c in clip) and 0.0 <= clip[0] < clip[1] <= 100.0,
+                "data.clip_percentiles", "[low, high] with 0 <= low < high <= 100", clip)
+        if self.group_pattern is not None:
+            try:
+                re.compile(self.group_pattern)
+            except re.error as exc:
+                raise LesionsegError(
+                    f"config data.group_pattern {self.group_pattern!r}: invalid regular expression ({exc})"
+                ) from None
+        at_least("data.affine_tolerance", self.affine_tolerance, 0.0)
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Lesion-aware patch sampling (stage 1).
+
+    Attributes
+    ----------
+    size : tuple of int
+        Patch size in voxels per axis.
+    lesion_fraction, foreground_fraction, random_fraction : float
+        Shares of patches holding a lesion, centred inside the non-zero
+        (brain) region, or anywhere.  Normalised to sum to one.  Each patch
+        first picks a case uniformly; lesion patches of a case without
+        lesions become foreground patches.
+    alpha : float
+        Lesion choice weight (within the case) ∝ volume**alpha: 0 = uniform
+        over lesions, 1 = proportional to lesion voxels (the peers' behaviour).
+    jitter : float
+        Random offset of the patch centre from the chosen lesion voxel, as a
+        fraction of half the patch size (0 = always centred; <= 0.5 keeps the
+        voxel in the patch's central half).
+    balance : bool
+        Correct the lesion weights for what patches aimed at neighbouring
+        lesions already show, so that each lesion is seen in a patch's
+        central half at a rate ∝ volume**alpha (lesions crowded around a large
+        confluent lesion are not over-shown).  False: chosen at that rate.
+    connectivity : {6, 18, 26}
+        Connectivity that defines lesions (connected components).
+    n_patches : int
+        Number of patches written by ``lesionseg patches``.
+    seed : int
+        Seed of the sampler; same seed, same patches.
+    """
+
+    size: tuple[int, int, int] = (48, 48, 48)
+    lesion_fraction: float = 0.5
+    foreground_fraction: float = 0.4
+    random_fraction: float = 0.1
+    alpha: float = 0.0
+    jitter: float = 0.5
+    balance: bool = True
+    connectivity: int = 26
+    n_patches: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        size = tuple(self.size)
+        require(len(size) == 3 and all(isinstance(n, int) and n >= 1 for n in size),
+                "patches.size", "3 positive integers", size)
+        fractions = (self.lesion_fraction, self.foreground_fraction, self.random_fraction)
+        for name, value in zip(("lesion", "foreground", "random"), fractions):
+            at_least(f"patches.{name}_fraction", value, 0.0)
+        require(sum(fractions) > 0, "patches.lesion_fraction", "> 0 for at least one of the three fractions",
+                fractions)
+        require(is_number(self.alpha), "patches.alpha", "a finite number", self.alpha)
+        unit_interval("patches.jitter", self.jitter)
+        one_of("patches.connectivity", self.connectivity, CONNECTIVITIES)
+        at_least("patches.n_patches", self.n_patches, 1)
+        at_least("patches.seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation suited to MRI lesions.
+
+    Attributes
+    ----------
+    flip_axes : tuple of int
+        Spatial axes that may be flipped (each with probability 0.5).
+    intensity_scale : float
+        Per-channel multiplicative jitter, uniform in [1 - s, 1 + s].
+    intensity_shift : float
+        Per-channel additive jitter, uniform in [-s, s] (normalised units).
+    noise_std : float
+        Standard deviation of added Gaussian noise (0 = off).
+    noise_probability : float
+        Share of patches that get the noise (nnU-Net uses 0.1); the noise is
+        the costliest augmentation (a normal draw per voxel).
+    rotate90 : bool
+        Random 90° rotations in the axial plane.
+    """
+
+    flip_axes: tuple[int, ...] = (0, 1, 2)
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    noise_std: float = 0.0
+    noise_probability: float = 1.0
+    rotate90: bool = False
+
+    def __post_init__(self) -> None:
+        spatial_axes("augment.flip_axes", self.flip_axes)
+        for name in ("intensity_scale", "intensity_shift", "noise_std"):
+            at_least(f"augment.{name}", getattr(self, name), 0.0)
+        require(self.intensity_scale < 1.0, "augment.intensity_scale", "< 1", self.intensity_scale)
+        unit_interval("augment.noise_probability", self.noise_probability)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """3D U-Net architecture.
+
+    Attributes
+    ----------
+    depth : int
+        Number of down-sampling steps (2–5); patch size must be divisible by
+        2**depth.
+    base_filters : int
+        Filters of the first level.
+    growth : float
+        Filter multiplier per level (16/32/64 at depth 2 with 16 and 2).
+    head : {"sigmoid", "softmax"}
+        One lesion logit channel (sigmoid) or two class logits (softmax).
+    norm : {"batch", "instance", "group", "none"}
+        Normalisation after each convolution.
+    activation : {"relu", "leaky_relu"}
+        Activation of the convolution blocks (never of the head).
+    dropout : float
+        Dropout rate in the bottleneck and decoder (0 = off).
+    upsampling : {"transpose", "upsample"}
+        Decoder up-sampling: transposed convolution or nearest + conv.
+    """
+
+    depth: int = 2
+    base_filters: int = 16
+    growth: float = 2.0
+    head: str = "sigmoid"
+    norm: str = "batch"
+    activation: str = "relu"
+    dropout: float = 0.0
+    upsampling: str = "transpose"
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.depth, int) and MIN_DEPTH <= self.depth <= MAX_DEPTH,
+                "model.depth", f"an integer in {MIN_DEPTH}..{MAX_DEPTH}", self.depth)
+        require(isinstance(self.base_filters, int) and self.base_filters >= 1,
+                "model.base_filters", "a positive integer", self.base_filters)
+        require(is_number(self.growth) and self.growth > 0, "model.growth", "> 0", self.growth)
+        one_of("model.head", self.head, HEADS)
+        one_of("model.norm", self.norm, NORMS)
+        one_of("model.upsampling", self.upsampling, UPSAMPLINGS)
+        require(self.activation in ACTIVATIONS, "model.activation",
+                f"one of {', '.join(ACTIVATIONS)} (the head never has an activation: models emit logits)",
+                self.activation)
+        unit_interval("model.dropout", self.dropout, closed_high=False)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss function by name, with its parameters.
+
+    Attributes
+    ----------
+    name : str
+        One of the names of :func:`lesionseg.model.losses.get_loss`.
+    params : dict
+        Keyword parameters of that loss (e.g. ``weight``, ``delta``,
+        ``gamma``), named as in Yeung et al. (2022).
+    """
+
+    name: str = "dice"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_loss_name(self.name)
+        check_loss_params(self.name, dict(self.params))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training stage.
+
+    Attributes
+    ----------
+    epochs : int
+        Maximum number of epochs.
+    steps_per_epoch : int
+        Batches per epoch (online sampling: every epoch draws new patches).
+    batch_size : int
+        Global batch size (split across replicas by the strategy).
+    learning_rate : float
+        Initial Adam learning rate.
+    schedule : {"plateau", "cosine", "constant"}
+        Learning-rate schedule.
+    plateau_patience, plateau_factor : int, float
+        Reduce-on-plateau settings (on validation lesion F1).
+    min_learning_rate : float
+        Floor of the schedule.
+    early_stopping_patience : int
+        Epochs without improvement of validation lesion F1 before stopping
+        (0 = never stop early).
+    val_fraction : float
+        Share of groups (patients) held out for validation.
+    val_cases : tuple of str
+        Explicit validation case ids (overrides ``val_fraction``).
+    validate_every : int
+        Whole-volume validation every N epochs.
+    seed : int
+        Global seed (weights, split, sampling).
+    strategy : {"default", "mirrored", "multi_worker"}
+        ``tf.distribute`` strategy (TensorFlow backend only).
+    threads : int
+        Intra-op threads (0 = let the backend decide).
+    diagnostics : bool
+        Watch for the classic failures (blank collapse, NaN, logits misuse).
+    """
+
+    epochs: int = 30
+    steps_per_epoch: int = 50
+    batch_size: int = 2
+    learning_rate: float = 1e-3
+    schedule: str = "plateau"
+    plateau_patience: int = 4
+    plateau_factor: float = 0.5
+    min_learning_rate: float = 1e-5
+    early_stopping_patience: int = 10
+    val_fraction: float = 0.25
+    val_cases: tuple[str, ...] = ()
+    validate_every: int = 1
+    seed: int = 0
+    strategy: str = "default"
+    threads: int = 2
+    diagnostics: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "steps_per_epoch", "batch_size", "validate_every", "plateau_patience"):
+            at_least(f"train.{key}", getattr(self, key), 1)
+        for key in ("early_stopping_patience", "seed", "threads", "min_learning_rate"):
+            at_least(f"train.{key}", getattr(self, key), 0)
+        require(is_number(self.learning_rate) and self.learning_rate > 0, "train.learning_rate", "> 0",
+                self.learning_rate)
+        require(is_number(self.plateau_factor) and 0 < self.plateau_factor < 1, "train.plateau_factor",
+                "in (0, 1)", self.plateau_factor)
+        one_of("train.schedule", self.schedule, SCHEDULES)
+        unit_interval("train.val_fraction", self.val_fraction, closed_high=False)
+        one_of("train.strategy", self.strategy, STRATEGIES)
