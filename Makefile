@@ -41,8 +41,8 @@ check: install  ## validate the cases in DATA
 patches: install  ## write a patch bank (index.csv + patches) to PATCHES
 	$(LESIONSEG) patches --config $(CONFIG) --data $(DATA) --out $(PATCHES) $(SET)
 
-train: install  ## train a model into RUN
-	$(LESIONSEG) train --config $(CONFIG) --data $(DATA) --out $(RUN) $(SET)
+train: install  ## train a model into RUN (an earlier run there is replaced once the new one has succeeded)
+	$(LESIONSEG) train --config $(CONFIG) --data $(DATA) --out $(RUN) --overwrite $(SET)
 
 infer: install  ## predict DATA with the model in RUN into PRED
 	$(LESIONSEG) infer --model $(RUN) --input $(DATA) --out $(PRED) $(SET)
