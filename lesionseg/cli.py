@@ -18,11 +18,11 @@ from pathlib import Path
 from lesionseg import __version__
 from lesionseg.config import (
     Config,
+    apply_overrides,
     check_training_config,
     config_from_dict,
     config_to_dict,
     load_config,
-    parse_override,
 )
 from lesionseg.errors import LesionsegError
 from lesionseg.logs import setup_logging
@@ -45,19 +45,7 @@ def _add_config_args(p: argparse.ArgumentParser, config_help: str = "stage confi
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="lesionseg",
-        description="Find small lesions in 3D NIfTI volumes: patches, train, infer, evaluate.",
-        epilog=EPILOG,
-    )
-    parser.add_argument("--version", action="version", version=f"lesionseg {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check",
         help="validate every case of a data folder",
@@ -71,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mask", action="store_true", help="cases have no lesion mask (inference data)")
     _add_config_args(p)
 
+
+def _add_patches(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "patches",
         help="sample lesion-aware patches into a patch bank",
@@ -81,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder P")
     _add_config_args(p)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a 3D U-Net",
@@ -95,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RUN holds an earlier run: replace it, once the new run has succeeded")
     _add_config_args(p)
 
+
+def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "infer",
         help="sliding-window inference on whole volumes",
@@ -107,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder PRED")
     _add_config_args(p, "config whose [infer] section overrides the run's")
 
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tune",
         help="pick threshold and minimum lesion size for lesion F1",
@@ -117,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="labelled cases to tune on")
     _add_config_args(p)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="lesion-wise TP/FP/FN, Dice and CSV reports",
@@ -131,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score a prediction folder whose cases come from different models or settings")
     _add_config_args(p)
 
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
         help="side-by-side table of several reports",
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reports", type=Path, nargs="+", help="report folders (with summary.csv)")
     p.add_argument("--out", type=Path, required=True, help="output CSV")
 
+
+def _add_samples(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "samples",
         help="(re)generate the synthetic sample cases",
@@ -148,6 +150,28 @@ def build_parser() -> argparse.ArgumentParser:
         "(hyperintense on FLAIR, hypointense on T1), one lesion-free case and two LAS cases.",
     )
     p.add_argument("--out", type=Path, default=Path("data_samples"), help="output folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="lesionseg",
+        description="Find small lesions in 3D NIfTI volumes: patches, train, infer, evaluate.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"lesionseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_check(sub)
+    _add_patches(sub)
+    _add_train(sub)
+    _add_infer(sub)
+    _add_tune(sub)
+    _add_evaluate(sub)
+    _add_compare(sub)
+    _add_samples(sub)
     return parser
 
 
@@ -208,10 +232,7 @@ def _run_config(args: argparse.Namespace) -> Config:
         user = config_to_dict(load_config(args.config))
         for section in ("infer", "evaluate"):
             raw[section] = user[section]
-    for text in args.overrides:
-        section, key, value = parse_override(text)
-        raw.setdefault(section, {})[key] = value
-    return config_from_dict(raw)
+    return config_from_dict(apply_overrides(raw, args.overrides))
 
 
 def cmd_infer(args: argparse.Namespace) -> int:

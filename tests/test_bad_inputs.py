@@ -168,6 +168,13 @@ def _out_under_file(command: str) -> Callable[[Path, Path], list[str]]:
     return build
 
 
+def _infer_to(out: Path) -> Callable[[Path, Path], list[str]]:
+    def build(base: Path, w: Path) -> list[str]:
+        _copy(base, w, "data", "run")
+        return ["infer", "--model", str(w / "run"), "--input", str(w / "data"), "--out", str(out)]
+    return build
+
+
 def _compare_into_folder(base: Path, w: Path) -> list[str]:
     (w / "R").mkdir()
     (w / "R" / "summary.csv").write_text("cases,GT,TP,FN,FP\n1,1,1,0,0\n")
@@ -257,6 +264,7 @@ KINDS: dict[str, Kind] = {
                                      intact=("O",)),
     "evaluate --out under a file": Kind(_out_under_file("evaluate"), r"O/sub: output folder lies under a file",
                                         intact=("O",)),
+    "infer --out not writable": Kind(_infer_to(Path("/proc/lesionseg-out")), r"/proc/lesionseg-out: output folder is not writable"),
     "compare --out is a folder": Kind(_compare_into_folder, r"is a folder; --out names the file"),
     "predictions of two models": Kind(_mixed_predictions, r"P: predictions of 2 different sources .*run2", ("R",)),
     "infer into its input folder": Kind(_infer_into_input, r"output folder is inside the input folder",
@@ -292,7 +300,7 @@ def test_bad_input_is_one_line_and_leaves_no_trace(name, base, tmp_path, capsys)
 
 def test_catalogue_size():
     """The README states how many kinds the catalogue holds; keep them in step."""
-    assert len(KINDS) >= 27
+    assert len(KINDS) >= 32
 
 
 def test_mixed_predictions_are_scored_when_asked(base, tmp_path):

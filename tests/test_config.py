@@ -180,3 +180,14 @@ def test_the_vocabulary_of_the_config_is_the_code_s():
     from lesionseg.evaluation.criteria import CRITERIA as REGISTRY
 
     assert set(REGISTRY) == set(CRITERIA)
+
+
+def test_one_override_path_for_every_command():
+    """`apply_overrides` is what load_config and the run-config commands (infer, tune) both use."""
+    from lesionseg.config import apply_overrides
+
+    raw = {"loss": {"name": "tversky", "params": {"delta": 0.7}}, "infer": {"overlap": 0.5}}
+    out = apply_overrides(raw, ["loss.params.smooth=0.001", "infer.overlap=0.25", "train.epochs=3"])
+    assert out == {"loss": {"name": "tversky", "params": {"delta": 0.7, "smooth": 0.001}},
+                   "infer": {"overlap": 0.25}, "train": {"epochs": 3}}
+    assert raw == {"loss": {"name": "tversky", "params": {"delta": 0.7}}, "infer": {"overlap": 0.5}}

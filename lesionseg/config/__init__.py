@@ -17,7 +17,14 @@ spanning two sections), :mod:`~lesionseg.config.loading` (files, overrides, savi
 Every public name is importable from :mod:`lesionseg.config`.
 """
 
-from lesionseg.config.loading import config_from_dict, config_to_dict, load_config, parse_override, save_config
+from lesionseg.config.loading import (
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_override,
+    save_config,
+)
 from lesionseg.config.prediction_sections import EvaluateConfig, InferConfig
 from lesionseg.config.sections import Config, check_patch_size, check_training_config
 from lesionseg.config.training_sections import (
@@ -75,5 +82,6 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "parse_override",
+    "apply_overrides",
     "save_config",
 ]

@@ -175,16 +175,25 @@ def load_config(
         On a missing or malformed file, an unknown key or a wrong type.
     """
     raw: dict[str, Any] = _read_file(Path(path)) if path is not None else {}
-    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A copy of the nested ``raw`` configuration with ``section.key=value`` overrides applied in order.
+
+    The one override path of every command (``--set``); ``section.key.sub=value`` sets one
+    entry of a table such as ``loss.params``.
+    """
+    raw = {k: {**v} if isinstance(v, dict) else v for k, v in raw.items()}
     for text in overrides:
         section, key, value = parse_override(text)
+        table = raw.setdefault(section, {})
         if "." in key:  # e.g. loss.params.delta=0.6
             key, sub = key.split(".", 1)
-            table = raw.setdefault(section, {}).setdefault(key, {})
-            table[sub] = value
+            table[key] = {**(table.get(key) or {}), sub: value}
         else:
-            raw.setdefault(section, {})[key] = value
-    return config_from_dict(raw)
+            table[key] = value
+    return raw
 
 
 def save_config(config: Config, path: str | Path) -> Path:

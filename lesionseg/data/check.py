@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 
 from lesionseg.config import DataConfig
 from lesionseg.data.io import (

@@ -43,8 +43,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from lesionseg.config import EvaluateConfig
-from lesionseg.data.labels import CONNECTIVITIES, Lesions, label_components, lesions_from_voxels
-from lesionseg.errors import LesionsegError
+from lesionseg.data.labels import Lesions, label_components, lesions_from_voxels
 from lesionseg.evaluation.scoring import ratio
 
 

@@ -54,6 +54,8 @@ from lesionseg.errors import LesionsegError
 from lesionseg.model.heads import HEADS, class_log_probabilities, head_channels
 from lesionseg.model.loss_spec import LOSS_DEFAULTS, LOSS_NAMES, check_loss_name, check_loss_params
 
+__all__ = ["LOSS_DEFAULTS", "LOSS_NAMES", "LesionLoss", "get_loss", "loss_from_config"]
+
 _TINY = 1e-30  # floor of a base raised to a power < 1 (its gradient at 0 is infinite)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from lesionseg.config import AugmentConfig
-from lesionseg.errors import LesionsegError
 
 
 def random_flip(

@@ -53,11 +53,9 @@ from typing import Any
 import numpy as np
 
 from lesionseg.config import Config, save_config
-from lesionseg.data import io, writing
-from lesionseg.data.check import require_readable
-from lesionseg.data.split import Split, split_cases
-from lesionseg.errors import DataError, LesionsegError
+from lesionseg.errors import LesionsegError
 from lesionseg.logs import add_file_log
+from lesionseg.training.data import TrainingData, check_training_data, write_split
 from lesionseg.training.checkpoint import (
     CHECKPOINT_DIR,
     MODEL_FILE,
@@ -146,7 +144,7 @@ def train(
             "--overwrite replaces it once the new run has succeeded"
         )
     check_resumable(run_dir, resume)
-    data = _check_data(config, data_dir)
+    data = check_training_data(config, data_dir)
     backend = configure_backend(config.train.threads, config.train.seed)
     strategy = make_strategy(config.train.strategy, backend)
     check_replicas(config.train.batch_size, replicas(strategy), config.train.strategy)
@@ -164,27 +162,8 @@ def train(
     return run_dir
 
 
-@dataclass(frozen=True)
-class _Data:
-    """The checked training data: configuration, folder, its cases and their split."""
-
-    config: Config
-    data_dir: Path
-    case_dirs: list[Path]
-    split: Split
-
-
-def _check_data(config: Config, data_dir: Path) -> _Data:
-    """Every case labelled and readable, the split valid: before the backend starts or RUN is touched."""
-    cfg = config.train
-    case_dirs = _labelled_case_dirs(config, data_dir)
-    split = split_cases([d.name for d in case_dirs], cfg.val_fraction, cfg.val_cases, config.data.group_pattern, cfg.seed)
-    require_readable(case_dirs, config.data, with_mask=True)
-    return _Data(config, data_dir, case_dirs, split)
-
-
 def _train_in(
-    run_dir: Path, data: _Data, resume: bool, backend: str, strategy: Any, writes: bool, callbacks: Sequence[Any]
+    run_dir: Path, data: TrainingData, resume: bool, backend: str, strategy: Any, writes: bool, callbacks: Sequence[Any]
 ) -> Path:
     """Train into ``run_dir``; a new run that fails before its first checkpoint leaves nothing behind."""
     created = not run_dir.exists()
@@ -210,7 +189,7 @@ class _Setup:
     backend: str
     strategy: Any
     writes: bool
-    data: _Data
+    data: TrainingData
 
 
 def _train(run: _Setup, callbacks: list[Any]) -> Path:
@@ -249,7 +228,7 @@ def _load_split(run: _Setup) -> tuple[list[Any], list[Any]]:
     val_cases = load_cases(config, [by_name[c] for c in split.val]) if split.val else []
     if run.writes:
         save_config(config, run.run_dir / "config.yaml")
-        _write_split(split, run.run_dir / "split.csv")
+        write_split(split, run.run_dir / "split.csv")
     return train_cases, val_cases
 
 
@@ -418,30 +397,6 @@ def _find_probe(sequence: Any, epoch: int, tries: int = 8) -> tuple[np.ndarray, 
         if np.any(y > 0):
             return np.asarray(x), np.asarray(y)
     return first
-
-
-def _write_split(split: Split, path: Path) -> None:
-    import csv
-
-    with writing.atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["case", "group", "side"])
-            for side, ids in (("train", split.train), ("val", split.val)):
-                for c in ids:
-                    w.writerow([c, split.groups[c], side])
-
-
-def _labelled_case_dirs(config: Config, data_dir: Path) -> list[Path]:
-    """Every case of ``data_dir``; each must have its mask (an unlabelled case is an error, not skipped)."""
-    dirs = io.list_cases(data_dir)
-    for d in dirs:
-        if io.find_file(d, config.data.mask) is None:
-            raise DataError(
-                f"{d.name}/{config.data.mask}.nii.gz: missing mask (training needs one for every case of "
-                f"{data_dir}; move unlabelled cases out of the folder)"
-            )
-    return dirs
 
 
 @contextlib.contextmanager
