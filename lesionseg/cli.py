@@ -99,6 +99,9 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="run folder (with model.keras and config.yaml)")
     p.add_argument("--input", type=Path, required=True, help="data folder or one case folder")
     p.add_argument("--out", type=Path, required=True, help="output folder PRED")
+    p.add_argument("--force", action="store_true",
+                   help="predict every case again (default: keep the cases this model and these settings "
+                   "already predicted into PRED)")
     _add_config_args(p, "config whose [infer] section overrides the run's")
 
 
@@ -239,7 +242,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     config = _run_config(args)
     from lesionseg.inference.infer import run_inference
 
-    outputs = run_inference(args.model, config, args.input, args.out)
+    outputs = run_inference(args.model, config, args.input, args.out, force=args.force)
     log.info("%d case(s) predicted into %s", len(outputs), args.out)
     return 0
 

@@ -91,6 +91,13 @@ def read_source(pred_dir: Path, case_id: str) -> Source | None:
         raise LesionsegError(f"{path}: not a valid prediction record ({exc})") from None
 
 
+def is_complete(pred_dir: Path, case_id: str, source: Source) -> bool:
+    """True when the case's two images and its record are in ``pred_dir`` and the record names ``source``."""
+    pred_dir = Path(pred_dir)
+    images = all((pred_dir / f"{case_id}_{kind}.nii.gz").is_file() for kind in ("prob", "pred"))
+    return images and read_source(pred_dir, case_id) == source
+
+
 def check_single_source(pred_dir: Path, case_ids: Iterable[str]) -> None:
     """Raise unless every prediction of ``case_ids`` comes from one source (or none has a record).
 

@@ -17,6 +17,7 @@ LIGHT = (
     "lesionseg.inference.infer",
     "lesionseg.inference.tune",
     "lesionseg.runtime",
+    "lesionseg.training.train",
 )
 
 

@@ -340,3 +340,24 @@ def test_bad_infer_settings_are_one_line_errors(run_dir, data_dir, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ERROR config " + match)
     assert not pred_dir.exists()
+
+
+def test_a_rerun_keeps_what_this_model_already_predicted(run_dir, data_dir, tmp_path):
+    """Same model and settings: finished cases are kept; a case without its record, other settings
+    or --force predict again."""
+    pred_dir = tmp_path / "pred"
+    argv = ["-q", "infer", "--model", str(run_dir), "--input", str(data_dir), "--out", str(pred_dir)]
+    assert main(argv) == 0
+    stamp = {p.name: p.stat().st_mtime_ns for p in pred_dir.iterdir()}
+    (pred_dir / "caseB_record.json").unlink()  # as if killed before caseB's record was written
+    assert main(argv) == 0
+    now = {p.name: p.stat().st_mtime_ns for p in pred_dir.iterdir()}
+    assert all(now[n] == stamp[n] for n in stamp if n.startswith("caseA"))  # kept
+    assert now["caseB_pred.nii.gz"] != stamp["caseB_pred.nii.gz"] and "caseB_record.json" in now
+    assert main([*argv, "--set", "infer.threshold=0.7"]) == 0  # other settings: both again
+    again = {p.name: p.stat().st_mtime_ns for p in pred_dir.iterdir()}
+    assert again["caseA_pred.nii.gz"] != now["caseA_pred.nii.gz"]
+    assert json.loads((pred_dir / "caseA_record.json").read_text())["threshold"] == 0.7
+    assert main([*argv, "--set", "infer.threshold=0.7", "--force"]) == 0
+    forced = {p.name: p.stat().st_mtime_ns for p in pred_dir.iterdir()}
+    assert forced["caseA_pred.nii.gz"] != again["caseA_pred.nii.gz"]

@@ -41,7 +41,7 @@ from lesionseg.inference.postprocess import (
 )
 from lesionseg.inference.predictor import MODEL_FILE, Predictor
 from lesionseg.logs import setup_logging
-from lesionseg.provenance import Source, write_record
+from lesionseg.provenance import Source, is_complete, write_record
 from lesionseg.runtime import configure_backend
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def _threads_per_worker(workers: int) -> int:
 # ---------------------------------------------------------------- the stage
 
 
-def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path) -> list[Path]:
+def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path, force: bool = False) -> list[Path]:
     """The ``lesionseg infer`` stage.
 
     Parameters
@@ -144,6 +144,10 @@ def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path
         A data folder of cases, or a single case folder.
     out_dir : Path
         Output folder ``PRED``.
+    force : bool
+        Predict every case again; by default a case whose outputs and record in ``PRED`` come
+        from this model and these settings is kept as it is (a rerun after an interruption
+        predicts only what is missing).
 
     Returns
     -------
@@ -165,6 +169,16 @@ def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path
     require_readable(case_dirs, config.data, with_mask=False)
     tuned = read_tuning(run_dir)
     threshold, min_mm3 = resolve_decision(config.infer, tuned)
+    source = Source.of_run(run_dir, run_dir / MODEL_FILE, config)
+    done = [] if force else [c for c in case_dirs if is_complete(out_dir, c.name, source)]
+    if done:
+        log.info("%d case(s) already predicted into %s by this model and settings, kept (--force redoes them)",
+                 len(done), out_dir)
+    todo = [c for c in case_dirs if c not in done]
+    kept = [out_dir / f"{c.name}_pred.nii.gz" for c in done]
+    if not todo:
+        return kept
+    case_dirs = todo
     workers = max(1, min(int(config.infer.workers), len(case_dirs)))
     log.info(
         "predicting %d case(s) with %s: window %s, overlap %.2f, %s blend, threshold %.3g, "
@@ -178,10 +192,9 @@ def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path
         min_mm3,
         f", {workers} workers" if workers > 1 else "",
     )
-    source = Source.of_run(run_dir, run_dir / MODEL_FILE, config)
     if workers == 1:
-        return _predict_serial(run_dir, config, case_dirs, out_dir, tuned, source)
-    return _predict_in_pool(run_dir, config, case_dirs, out_dir, workers, source)
+        return kept + _predict_serial(run_dir, config, case_dirs, out_dir, tuned, source)
+    return kept + _predict_in_pool(run_dir, config, case_dirs, out_dir, workers, source)
 
 
 def _predict_serial(

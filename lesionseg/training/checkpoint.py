@@ -24,6 +24,7 @@ import numpy as np
 
 from lesionseg.data import writing
 from lesionseg.errors import LesionsegError
+from lesionseg.evaluation.report import write_reports
 from lesionseg.training.curves import read_history
 
 # the stage's logger: the lines of train.log keep their source name
@@ -122,7 +123,7 @@ class RunState:
 
 def save_checkpoint(model: Any, state: RunState, ckpt_dir: Path) -> None:
     """Write the last-epoch checkpoint: weights + optimizer variables, then state.json."""
-    from keras import ops
+    from keras import ops  # here, not at the top: train.py imports this module before the backend starts
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     arrays = {f"w{i:04d}": np.asarray(w) for i, w in enumerate(model.get_weights())}
@@ -284,8 +285,6 @@ def save_best(model: Any, run_dir: Path, evaluations: Sequence[Any] | None, eval
     """
     save_model(model, run_dir / MODEL_FILE)
     if evaluations:
-        from lesionseg.evaluation.report import write_reports
-
         final = run_dir / "validation"
         tmp_dir = run_dir / ".validation.tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -34,6 +34,11 @@ Run folder::
                              state.json (epoch, best score, schedule and sampler
                              state) for ``--resume``
 
+The Keras side (the feed, the model, the per-epoch callback, the diagnostics callback) is
+imported inside the steps that use it, after :func:`lesionseg.runtime.configure_backend`:
+``lesionseg train`` answers a bad config, a bad case or an earlier run in one line before the
+backend starts (seconds, and TensorFlow's start-up lines on stderr).
+
 Several GPUs / machines: ``train.strategy = "mirrored"`` (all GPUs of one
 machine) or ``"multi_worker"`` (``TF_CONFIG`` on every machine, the same
 command everywhere; the chief writes RUN).  ``train.batch_size`` is the
@@ -55,6 +60,7 @@ import numpy as np
 from lesionseg.config import Config, save_config
 from lesionseg.errors import LesionsegError
 from lesionseg.logs import add_file_log
+from lesionseg.runtime import configure_backend
 from lesionseg.training.data import TrainingData, check_training_data, write_split
 from lesionseg.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -79,6 +85,7 @@ from lesionseg.training.distribution import (
     scope,
 )
 from lesionseg.training.history import History, finite_or_zero
+from lesionseg.training.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +141,6 @@ def train(
         The loss became NaN/Inf; ``RUN/model.keras`` holds the last good
         model and the history shows where it happened.
     """
-    from lesionseg.runtime import configure_backend
-
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     # everything that can be checked without the backend first: earlier run, checkpoint, data, split
     if not resume and holds_run(run_dir) and not overwrite:
@@ -307,7 +312,6 @@ def _epoch_control(
     """The parts of the loop, restored from ``state``, wired into an :class:`EpochControl`."""
     from lesionseg.training.loop import EpochControl
     from lesionseg.training.monitor import DiagnosticsCallback
-    from lesionseg.training.schedule import Schedule
     from lesionseg.training.selection import BestModel
 
     cfg, out = run.config.train, (run.run_dir if run.writes else None)
