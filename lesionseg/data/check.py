@@ -98,6 +98,61 @@ class CheckReport:
         return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _channel_grids(case_dir: Path, channels: Sequence[str], problems: list[Problem]) -> list[tuple[Grid, Path]]:
+    """Read every channel (blank, constant, NaN, truncated ... are problems); their grids."""
+    grids: list[tuple[Grid, Path]] = []
+    for name in channels:
+        path = find_file(case_dir, name)
+        if path is None:
+            problems.append(Problem("ERROR", f"{case_dir.name}/{name}.nii.gz: missing channel"))
+            continue
+        try:
+            _, img = read_image(path)  # also refuses a blank or constant image
+        except DataError as exc:
+            problems.append(Problem("ERROR", str(exc)))
+            continue
+        grids.append((grid_of(img), path))
+    return grids
+
+
+def _check_mask(
+    case_dir: Path, mask_name: str, mask_values: str, grids: list[tuple[Grid, Path]], problems: list[Problem]
+) -> tuple[int | None, float | None]:
+    """Read the mask (its grid joins ``grids``); its lesion count and volume in ml."""
+    path = find_file(case_dir, mask_name)
+    if path is None:
+        problems.append(Problem("ERROR", f"{case_dir.name}/{mask_name}.nii.gz: missing mask"))
+        return None, None
+    try:
+        mask, img = read_mask(path, mask_values)
+    except DataError as exc:
+        problems.append(Problem("ERROR", str(exc)))
+        return None, None
+    grid = grid_of(img)
+    grids.append((grid, path))
+    _, lesions = label_components(mask, 26)
+    if lesions == 0:
+        problems.append(Problem("WARNING", f"{display_path(path)}: mask is empty (no lesion)"))
+    return lesions, float(mask.sum()) * grid.voxel_volume_mm3 / 1000.0
+
+
+def _check_grids(
+    grids: list[tuple[Grid, Path]], affine_tolerance: float, patch_size: Sequence[int], problems: list[Problem]
+) -> None:
+    """Every file on the first one's grid; a warning when the volume is smaller than a patch."""
+    ref = grids[0]
+    for grid, path in grids[1:]:
+        mismatch = _grid_mismatch(ref[0], grid, ref[1], path, affine_tolerance)
+        if mismatch:
+            problems.append(Problem("ERROR", f"{display_path(path)}: {mismatch}"))
+    if any(s < p for s, p in zip(ref[0].shape, patch_size)):
+        problems.append(Problem(
+            "WARNING",
+            f"{display_path(ref[1])}: volume {ref[0].shape} is smaller than the patch {tuple(patch_size)}; "
+            "it will be padded",
+        ))
+
+
 def check_case(
     case_dir: Path,
     channels: Sequence[str],
@@ -125,57 +180,13 @@ def check_case(
     """
     case = case_dir.name
     problems: list[Problem] = []
-
-    def error(text: str) -> None:
-        problems.append(Problem("ERROR", text))
-
-    ref: tuple[Grid, Path] | None = None
-    grids: list[tuple[Grid, Path]] = []
-    for name in channels:
-        path = find_file(case_dir, name)
-        if path is None:
-            error(f"{case}/{name}.nii.gz: missing channel")
-            continue
-        try:
-            data, img = read_image(path)  # also refuses a blank or constant image
-        except DataError as exc:
-            error(str(exc))
-            continue
-        grids.append((grid_of(img), path))
-        del data
-
+    grids = _channel_grids(case_dir, channels, problems)
     lesions = volume_ml = None
     if mask_name is not None:
-        path = find_file(case_dir, mask_name)
-        if path is None:
-            error(f"{case}/{mask_name}.nii.gz: missing mask")
-        else:
-            try:
-                mask, img = read_mask(path, mask_values)
-                grid = grid_of(img)
-                grids.append((grid, path))
-                _, lesions = label_components(mask, 26)
-                volume_ml = float(mask.sum()) * grid.voxel_volume_mm3 / 1000.0
-                if lesions == 0:
-                    problems.append(Problem("WARNING", f"{display_path(path)}: mask is empty (no lesion)"))
-            except DataError as exc:
-                error(str(exc))
-
-    if grids:
-        ref = grids[0]
-        for grid, path in grids[1:]:
-            mismatch = _grid_mismatch(ref[0], grid, ref[1], path, affine_tolerance)
-            if mismatch:
-                error(f"{display_path(path)}: {mismatch}")
-        small = [s < p for s, p in zip(ref[0].shape, patch_size)]
-        if any(small):
-            problems.append(
-                Problem(
-                    "WARNING",
-                    f"{display_path(ref[1])}: volume {ref[0].shape} is smaller than the patch "
-                    f"{tuple(patch_size)}; it will be padded",
-                )
-            )
+        lesions, volume_ml = _check_mask(case_dir, mask_name, mask_values, grids, problems)
+    ref = grids[0] if grids else None
+    if ref is not None:
+        _check_grids(grids, affine_tolerance, patch_size, problems)
 
     summary = CaseSummary(
         case=case,
