@@ -11,6 +11,7 @@ Every step goes through the ``lesionseg`` command line, exactly as a user would 
     python pipelines/ms_experiments.py verify          # the shipped model on its held-out exams = its card
     python pipelines/ms_experiments.py lopo            # leave-one-patient-out: 4 folds -> runs/lopo/<recipe>
     python pipelines/ms_experiments.py lopo --config pipelines/OTHER.toml   # the same for another recipe
+    python pipelines/ms_experiments.py lopo-table      # every recipe's per-exam + pooled table -> runs/lopo/
 
 The 6 exams are 4 patients (the three ``mslesseg_P14_*`` exams are one patient), so the split is by
 patient.  Two folds, each holding out one patient of each source; every exam is validated exactly once:
@@ -75,12 +76,15 @@ STUDY = {
 STUDY_BUDGET = ["train.epochs=10", "train.steps_per_epoch=25"]
 
 
-def run(cmd: list[str], log: Path | None = None) -> None:
-    """Run one command, echoing it; stop the experiment on failure."""
-    print("+", " ".join(cmd[2:] if cmd[:2] == LESIONSEG[:2] else cmd), flush=True)
+def run(cmd: list[str], log: Path | None = None, backend: str | None = None) -> None:
+    """Run one command (under Keras backend ``backend``, default: the environment's), echoing it; stop on failure."""
+    shown = " ".join(cmd[2:] if cmd[:2] == LESIONSEG[:2] else cmd)
+    print("+", f"KERAS_BACKEND={backend} {shown}" if backend else shown, flush=True)
     t0 = time.time()
+    env = {**os.environ, "KERAS_BACKEND": backend} if backend else None
     with open(log, "a") if log else open(os.devnull, "w") as sink:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=sink if log else None, stderr=subprocess.STDOUT if log else None)
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=sink if log else None, stderr=subprocess.STDOUT if log else None,
+                              env=env)
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}) after {time.time() - t0:.0f} s: {' '.join(cmd)}")
     print(f"  done in {time.time() - t0:.0f} s", flush=True)
@@ -120,11 +124,13 @@ def untuned_predictions(prob_dir: Path, out_dir: Path) -> None:
 
 
 def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, config: Path = CONFIG,
-                       tune_on_train: bool = False) -> None:
+                       tune_on_train: bool = False, train_backend: str | None = None) -> None:
     """Train on the fold's training exams, then (tune,) infer and evaluate its held-out exams.
 
     ``tune_on_train`` tunes the decision on the training exams (leave-one-patient-out: the held-out
-    exam never influences its own threshold) instead of the held-out ones.
+    exam never influences its own threshold) instead of the held-out ones.  ``train_backend`` trains
+    under that Keras backend (``torch`` trains about 2x faster than TensorFlow on this CPU); tuning,
+    inference and evaluation always run as a user's would, on the default backend.
     """
     train_cases, val_cases = split(fold)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +141,7 @@ def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, co
     print(f"[{run_dir.name}] train on {', '.join(train_cases)}; validate on {', '.join(val_cases)}", flush=True)
     if not (run_dir / "model.keras").is_file():
         run([*LESIONSEG, "train", "--config", str(config), "--data", str(train_dir), "--out", str(run_dir), *extra],
-            log)
+            log, backend=train_backend)
     if tune:
         run([*LESIONSEG, "tune", "--model", str(run_dir), "--data", str(train_dir if tune_on_train else val_dir)], log)
     run([*LESIONSEG, "infer", "--model", str(run_dir), "--input", str(val_dir), "--out", str(run_dir / "pred")], log)
@@ -160,7 +166,8 @@ def cmd_lopo(args: argparse.Namespace) -> None:
         if (run_dir / "report_untuned" / "summary.csv").is_file() and not args.force:
             print(f"[{patient}] done already ({run_dir})")
             continue
-        train_and_evaluate(run_dir, patient, args.set, tune=True, config=config, tune_on_train=True)
+        train_and_evaluate(run_dir, patient, args.set, tune=True, config=config, tune_on_train=True,
+                           train_backend=args.train_backend)
     pooled_reports(out, config)
 
 
@@ -240,6 +247,51 @@ def cmd_tables(args: argparse.Namespace) -> None:
         run([*LESIONSEG, "compare", "--out", str(out / "ms_loss_study_tuned.csv"), *map(str, tuned)])
 
 
+LOPO_COLUMNS = ["recipe", "decision", "case", "GT", "TP", "FP", "FN", "lesion_precision", "lesion_recall",
+                "lesion_f1", "dice"]
+
+
+def lopo_rows(recipe_dir: Path) -> "list":
+    """Per exam and pooled rows of one recipe's leave-one-patient-out reports (tuned and untuned)."""
+    import pandas as pd
+
+    rows = []
+    for report, decision in (("report", "tuned on training exams"), ("report_untuned", "0.5, no size filter")):
+        cases, summary = recipe_dir / report / "cases.csv", recipe_dir / report / "summary.csv"
+        if not cases.is_file():
+            continue
+        df = pd.read_csv(cases)
+        pooled = pd.read_csv(summary).iloc[0]
+        total = {"case": f"pooled ({int(pooled.cases)} exams)", **{k: pooled[k] for k in
+                 ("GT", "TP", "FP", "FN", "lesion_precision", "lesion_recall", "lesion_f1")},
+                 "dice": pooled["dice_mean"]}
+        df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+        df.insert(0, "decision", decision)
+        df.insert(0, "recipe", recipe_dir.name)
+        rows.append(df[[c for c in LOPO_COLUMNS if c in df.columns]])
+    return rows
+
+
+def cmd_lopo_table(args: argparse.Namespace) -> None:
+    """One table of every recipe's leave-one-patient-out figures: per exam and pooled (Markdown + CSV)."""
+    import pandas as pd
+
+    from lesionseg.evaluation.compare import to_markdown
+
+    root = Path(args.root)
+    recipes = [root / r for r in args.recipes] if args.recipes else sorted(p for p in root.iterdir() if p.is_dir())
+    rows = [r for d in recipes for r in lopo_rows(d)]
+    if not rows:
+        sys.exit(f"{root}: no finished leave-one-patient-out report (run `lopo` first)")
+    table = pd.concat(rows, ignore_index=True)
+    if not args.untuned:
+        table = table[table.decision != "0.5, no size filter"]
+    table.to_csv(root / "lopo_table.csv", index=False)
+    (root / "lopo_table.md").write_text(to_markdown(table) + "\n")
+    print(to_markdown(table))
+    print(f"written to {root / 'lopo_table.csv'} and {root / 'lopo_table.md'}")
+
+
 SHIPPED_FILES = ("model.keras", "config.yaml", "tuning.json", "history.csv", "curves.png", "split.csv")
 
 
@@ -305,7 +357,14 @@ def main() -> None:
     lo.add_argument("--out", help="default runs/lopo/<config name>")
     lo.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     lo.add_argument("--force", action="store_true", help="redo folds that have a report already")
+    lo.add_argument("--train-backend", choices=["tensorflow", "torch", "jax"],
+                    help="Keras backend of the training step only (default: the environment's)")
     lo.set_defaults(func=cmd_lopo)
+    lt = sub.add_parser("lopo-table", help="per-exam and pooled leave-one-patient-out table of every recipe")
+    lt.add_argument("recipes", nargs="*", help="recipe folders under --root (default: all)")
+    lt.add_argument("--root", default="runs/lopo")
+    lt.add_argument("--untuned", action="store_true", help="also the rows at threshold 0.5, no size filter")
+    lt.set_defaults(func=cmd_lopo_table)
     v = sub.add_parser("verify", help="the shipped model on its held-out exams, against its model card")
     v.add_argument("--model", default="models/ms_flair_t1")
     v.add_argument("--out", default="runs/ms_shipped")

@@ -121,3 +121,25 @@ def test_training_warns_when_clipping_flattens_lesions(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="lesionseg"):
         prepare_case(load_config(None, ["data.clip_percentiles=[0,100]"]), tmp_path / "c1")
     assert "clip value" not in caplog.text
+
+
+def test_robust_normalisation_is_stable_across_lesion_loads():
+    """Median/IQR: adding 3 % bright lesion moves normal tissue's value far less than a z-score does."""
+    rng = np.random.default_rng(0)
+    brain = rng.normal(100.0, 10.0, size=(40, 40, 40)).astype(np.float32)
+    loaded = brain.copy()
+    lesion = rng.random(brain.shape) < 0.03
+    loaded[lesion] = 200.0  # 10 SD above the tissue
+    tissue = ~lesion
+    shift = {}
+    for method in ("zscore", "robust"):
+        clean = normalize_channel(brain, method, (0.0, 100.0))
+        dirty = normalize_channel(loaded, method, (0.0, 100.0))
+        shift[method] = float(np.abs(clean[tissue] - dirty[tissue]).mean())
+    assert shift["robust"] < 0.1 < shift["zscore"], shift
+    robust = normalize_channel(brain, "robust", (0.0, 100.0))
+    assert abs(float(np.median(robust))) < 0.01  # centred on the median
+    assert abs(float(np.percentile(robust, 75) - np.percentile(robust, 25)) - 1.349) < 0.01  # IQR/1.349 = 1 SD
+    background = brain.copy()
+    background[:5] = 0
+    assert (normalize_channel(background, "robust")[:5] == 0).all()  # outside the brain stays 0

@@ -29,6 +29,18 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
+    def __post_init__(self) -> None:
+        if self.patches.hard_fraction > 0 and self.patches.hard_channel not in self.data.channels:
+            raise LesionsegError(
+                f"config patches.hard_channel: must be one of data.channels ({', '.join(self.data.channels)}), "
+                f"got {self.patches.hard_channel!r}"
+            )
+        if self.model.kind == "threshold" and self.model.threshold_channel not in self.data.channels:
+            raise LesionsegError(
+                f"config model.threshold_channel: must be one of data.channels ({', '.join(self.data.channels)}), "
+                f"got {self.model.threshold_channel!r}"
+            )
+
 
 def check_training_config(config: Config) -> None:
     """The checks that involve two sections and matter only to ``train``: the patch fits the U-Net.

@@ -19,6 +19,7 @@ from lesionseg.config.vocabulary import (
     MASK_VALUES,
     MAX_DEPTH,
     MIN_DEPTH,
+    MODEL_KINDS,
     NORMALIZATIONS,
     NORMS,
     SCHEDULES,
@@ -49,9 +50,10 @@ class DataConfig:
     mask_values : {"binary", "positive"}
         ``binary``: a mask whose values are not all in {0, 1} is an error.
         ``positive``: any value > 0 is lesion (opt-in, for label maps).
-    normalization : {"zscore", "minmax", "none"}
+    normalization : {"zscore", "robust", "minmax", "none"}
         Per-channel intensity normalisation, computed inside the non-zero
-        (brain) region of each channel.
+        (brain) region of each channel (``robust``: median and interquartile
+        range, stable across lesion loads; :func:`~lesionseg.data.normalize.normalize_channel`).
     clip_percentiles : tuple of float
         Percentiles (of the non-zero region) the intensities are clipped to
         before normalising.
@@ -101,11 +103,23 @@ class PatchConfig:
     ----------
     size : tuple of int
         Patch size in voxels per axis.
-    lesion_fraction, foreground_fraction, random_fraction : float
+    lesion_fraction, foreground_fraction, random_fraction, hard_fraction : float
         Shares of patches holding a lesion, centred inside the non-zero
-        (brain) region, or anywhere.  Normalised to sum to one.  Each patch
-        first picks a case uniformly; lesion patches of a case without
-        lesions become foreground patches.
+        (brain) region, anywhere, or holding a hard negative (below).
+        Normalised to sum to one.  Each patch first picks a case uniformly;
+        lesion (hard) patches of a case without lesions (hard negatives)
+        become foreground patches.
+    hard_channel : str
+        Hard negatives are the voxels whose normalised ``hard_channel``
+        (one of ``data.channels``) is at least ``hard_threshold`` and that lie
+        more than ``hard_margin`` voxels from every lesion: the bright
+        periventricular caps, cortex and artefacts where an intensity model
+        fires falsely (:mod:`lesionseg.sampling.hard_negatives`).
+    hard_threshold : float
+        Normalised intensity (a z-score) from which a voxel is a candidate.
+    hard_margin : int
+        Voxels within this distance (chessboard) of a lesion are not hard
+        negatives (lesion borders are uncertain, not false).
     alpha : float
         Lesion choice weight (within the case) ∝ volume**alpha: 0 = uniform
         over lesions, 1 = proportional to lesion voxels (the peers' behaviour).
@@ -130,6 +144,10 @@ class PatchConfig:
     lesion_fraction: float = 0.5
     foreground_fraction: float = 0.4
     random_fraction: float = 0.1
+    hard_fraction: float = 0.0
+    hard_channel: str = "flair"
+    hard_threshold: float = 2.0
+    hard_margin: int = 2
     alpha: float = 0.0
     jitter: float = 0.5
     balance: bool = True
@@ -141,11 +159,16 @@ class PatchConfig:
         size = tuple(self.size)
         require(len(size) == 3 and all(isinstance(n, int) and n >= 1 for n in size),
                 "patches.size", "3 positive integers", size)
-        fractions = (self.lesion_fraction, self.foreground_fraction, self.random_fraction)
-        for name, value in zip(("lesion", "foreground", "random"), fractions):
+        fractions = (self.lesion_fraction, self.foreground_fraction, self.random_fraction, self.hard_fraction)
+        for name, value in zip(("lesion", "foreground", "random", "hard"), fractions):
             at_least(f"patches.{name}_fraction", value, 0.0)
-        require(sum(fractions) > 0, "patches.lesion_fraction", "> 0 for at least one of the three fractions",
+        require(sum(fractions) > 0, "patches.lesion_fraction", "> 0 for at least one of the four fractions",
                 fractions)
+        require(isinstance(self.hard_channel, str) and bool(self.hard_channel), "patches.hard_channel",
+                "a channel name", self.hard_channel)
+        require(is_number(self.hard_threshold), "patches.hard_threshold", "a finite number", self.hard_threshold)
+        require(isinstance(self.hard_margin, int) and not isinstance(self.hard_margin, bool) and self.hard_margin >= 0,
+                "patches.hard_margin", "an integer >= 0", self.hard_margin)
         require(is_number(self.alpha), "patches.alpha", "a finite number", self.alpha)
         unit_interval("patches.jitter", self.jitter)
         one_of("patches.connectivity", self.connectivity, CONNECTIVITIES)
@@ -191,10 +214,19 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """3D U-Net architecture.
+    """The model: a 3D U-Net, or the intensity-threshold baseline.
 
     Attributes
     ----------
+    kind : {"unet", "threshold"}
+        ``unet``: the 3D U-Net below, trained by ``lesionseg train``.
+        ``threshold``: the baseline every table shows beside the network: the
+        lesion logit of a voxel is ``(x - threshold_center) / threshold_scale``
+        with ``x`` its normalised ``threshold_channel`` intensity (a FLAIR
+        z-score), so a probability threshold ``t`` is the intensity
+        ``threshold_center + threshold_scale * logit(t)``.  Nothing is fitted:
+        ``train`` writes the run folder, ``tune`` picks the threshold and
+        minimum lesion size like any model's (:mod:`lesionseg.model.threshold`).
     depth : int
         Number of down-sampling steps (2–5); patch size must be divisible by
         2**depth.
@@ -212,8 +244,14 @@ class ModelConfig:
         Dropout rate in the bottleneck and decoder (0 = off).
     upsampling : {"transpose", "upsample"}
         Decoder up-sampling: transposed convolution or nearest + conv.
+    threshold_channel : str
+        ``kind = "threshold"``: the channel thresholded (one of ``data.channels``).
+    threshold_center, threshold_scale : float
+        ``kind = "threshold"``: the intensity of probability 0.5 and the
+        intensity per unit of logit (> 0).
     """
 
+    kind: str = "unet"
     depth: int = 2
     base_filters: int = 16
     growth: float = 2.0
@@ -222,8 +260,21 @@ class ModelConfig:
     activation: str = "relu"
     dropout: float = 0.0
     upsampling: str = "transpose"
+    threshold_channel: str = "flair"
+    threshold_center: float = 2.0
+    threshold_scale: float = 0.5
 
     def __post_init__(self) -> None:
+        one_of("model.kind", self.kind, MODEL_KINDS)
+        require(isinstance(self.threshold_channel, str) and bool(self.threshold_channel),
+                "model.threshold_channel", "a channel name", self.threshold_channel)
+        require(is_number(self.threshold_center), "model.threshold_center", "a finite number",
+                self.threshold_center)
+        require(is_number(self.threshold_scale) and self.threshold_scale > 0, "model.threshold_scale", "> 0",
+                self.threshold_scale)
+        if self.kind == "threshold":
+            require(self.head == "sigmoid", "model.head", 'sigmoid with model.kind = "threshold" (one logit)',
+                    self.head)
         require(isinstance(self.depth, int) and MIN_DEPTH <= self.depth <= MAX_DEPTH,
                 "model.depth", f"an integer in {MIN_DEPTH}..{MAX_DEPTH}", self.depth)
         require(isinstance(self.base_filters, int) and self.base_filters >= 1,

@@ -16,9 +16,10 @@ from lesionseg.errors import LesionsegError
 
 # The vocabulary of the configuration: every choice a key accepts, in one place.
 MASK_VALUES = ("binary", "positive")
-NORMALIZATIONS = ("zscore", "minmax", "none")
+NORMALIZATIONS = ("zscore", "robust", "minmax", "none")
 CONNECTIVITIES = (6, 18, 26)
 HEADS = ("sigmoid", "softmax")
+MODEL_KINDS = ("unet", "threshold")
 NORMS = ("batch", "instance", "group", "none")
 ACTIVATIONS = ("relu", "leaky_relu")
 UPSAMPLINGS = ("transpose", "upsample")

@@ -12,7 +12,9 @@ import numpy as np
 
 from lesionseg.errors import LesionsegError
 
-METHODS = ("zscore", "minmax", "none")
+METHODS = ("zscore", "robust", "minmax", "none")
+# The standard deviation of a normal distribution per unit of interquartile range.
+IQR_TO_SD = 1.0 / 1.349
 
 
 def foreground_mask(channel: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
@@ -34,9 +36,14 @@ def normalize_channel(
     ----------
     channel : numpy.ndarray
         Raw intensities.
-    method : {"zscore", "minmax", "none"}
+    method : {"zscore", "robust", "minmax", "none"}
         ``zscore``: clip to the percentiles of the non-zero region, then
         subtract its mean and divide by its standard deviation.
+        ``robust``: clip likewise, then subtract the median and divide by
+        the interquartile range / 1.349 (the standard deviation of a normal
+        distribution with that IQR): a few percent of bright lesion voxels
+        barely move either, so the same tissue gets the same value in a
+        low-load and a high-load exam.
         ``minmax``: clip likewise, then scale that range to [0, 1].
     clip_percentiles : tuple of float
         Lower and upper percentile (0–100) of the non-zero region.
@@ -59,6 +66,10 @@ def normalize_channel(
         clipped = out[fg]
         mean, std = float(clipped.mean()), float(clipped.std())
         out = (out - mean) / (std if std > 1e-8 else 1.0)
+    elif method == "robust":
+        q1, median, q3 = (float(q) for q in np.percentile(out[fg], (25.0, 50.0, 75.0)))
+        spread = (q3 - q1) * IQR_TO_SD
+        out = (out - median) / (spread if spread > 1e-8 else 1.0)
     else:
         out = (out - lo) / (hi - lo if hi - lo > 1e-8 else 1.0)
     out[~fg] = 0.0

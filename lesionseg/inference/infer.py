@@ -39,7 +39,7 @@ from lesionseg.inference.postprocess import (
     read_tuning,
     resolve_decision,
 )
-from lesionseg.inference.predictor import MODEL_FILE, Predictor
+from lesionseg.inference.predictor import Predictor, model_file
 from lesionseg.logs import setup_logging
 from lesionseg.provenance import Source, is_complete, write_record
 from lesionseg.runtime import configure_backend
@@ -162,14 +162,15 @@ def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path
         files.
     """
     run_dir, input_path, out_dir = Path(run_dir), Path(input_path), Path(out_dir)
-    if not (run_dir / MODEL_FILE).is_file():
-        raise LesionsegError(f"{run_dir / MODEL_FILE}: missing; is {run_dir} a trained lesionseg run?")
+    model_path = model_file(run_dir, config)
+    if not model_path.is_file():
+        raise LesionsegError(f"{model_path}: missing; is {run_dir} a trained lesionseg run?")
     case_dirs = io.list_cases(input_path)
     check_channels(case_dirs, config.data.channels, run_dir)
     require_readable(case_dirs, config.data, with_mask=False)
     tuned = read_tuning(run_dir)
     threshold, min_mm3 = resolve_decision(config.infer, tuned)
-    source = Source.of_run(run_dir, run_dir / MODEL_FILE, config)
+    source = Source.of_run(run_dir, model_path, config)
     done = [] if force else [c for c in case_dirs if is_complete(out_dir, c.name, source)]
     if done:
         log.info("%d case(s) already predicted into %s by this model and settings, kept (--force redoes them)",

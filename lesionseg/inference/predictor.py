@@ -22,6 +22,7 @@ from lesionseg.errors import LesionsegError
 from lesionseg.inference.sliding_window import Progress
 from lesionseg.inference.window_options import WindowOptions, predict_windows
 from lesionseg.model.heads import head_channels, lesion_probability_numpy
+from lesionseg.model.threshold import ThresholdModel
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class Predictor:
             if not (run_dir / CONFIG_FILE).is_file():
                 raise LesionsegError(f"{run_dir / CONFIG_FILE}: missing; is {run_dir} a lesionseg run folder?")
             config = load_config(run_dir / CONFIG_FILE)
+        if config.model.kind == "threshold":
+            return cls.from_model(ThresholdModel.from_config(config), config)
         model = load_run_model(run_dir)
         check_model(model, config, run_dir)
         return cls.from_model(prepare_for_inference(model, config), config)
@@ -119,6 +122,12 @@ class Predictor:
         numpy.ndarray
             (D, H, W) float32 lesion probability in [0, 1].
         """
+        if getattr(self.model, "voxelwise", False):  # the threshold baseline: no window, no context
+            prob = self.predict_fn()(image[np.newaxis])[0, ..., 0]
+            prob[~np.any(image != 0, axis=-1)] = 0.0  # outside the brain, as the cropped windows leave it
+            if progress is not None:
+                progress(1, 1)
+            return np.clip(prob, 0.0, 1.0)
         prob = predict_windows(image, self.predict_fn(), self.window, progress=progress)
         return np.clip(prob[..., 0], 0.0, 1.0)
 
@@ -172,6 +181,14 @@ def prepare_for_inference(model: Any, config: Config) -> Any:
     except (ValueError, KeyError) as exc:  # architecture differs from the config
         log.debug("model used as loaded (%s)", exc)
         return model
+
+
+def model_file(run_dir: str | Path, config: Config) -> Path:
+    """The file that identifies a run's model: ``model.keras``, or ``config.yaml`` for the threshold baseline.
+
+    Its hash goes into each prediction's record (:class:`lesionseg.provenance.Source`).
+    """
+    return Path(run_dir) / (CONFIG_FILE if config.model.kind == "threshold" else MODEL_FILE)
 
 
 def load_run_model(run_dir: str | Path) -> Any:

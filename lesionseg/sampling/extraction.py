@@ -42,7 +42,7 @@ class PatchSpec:
         negative or past the far border (padded with zeros).
     size : tuple of int
         Patch size (d, h, w) in voxels.
-    mode : {"lesion", "foreground", "random"}
+    mode : {"lesion", "foreground", "random", "hard"}
         How the patch was placed (after any fallback).
     lesion : int
         Label (1-based, in :func:`~lesionseg.data.labels.label_components` order) of the targeted lesion

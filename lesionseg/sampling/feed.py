@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from lesionseg.data.io import Grid, read_case
 from lesionseg.data.labels import check_connectivity
 from lesionseg.data.normalize import foreground_mask, normalize_image, saturated_fraction
 from lesionseg.sampling.extraction import AUGMENT_STREAM, PatchSpec, extract_patch, patch_rng
+from lesionseg.sampling.hard_negatives import hard_negative_voxels
 from lesionseg.sampling.lesion_table import LesionTable, index_lesions
 from lesionseg.sampling.sampler import PatchSampler
 
@@ -123,6 +124,12 @@ def prepare_case(config: Config, case_dir: Path) -> PreparedCase:
     image = normalize_image(case.image, data.normalization, data.clip_percentiles)
     warn_saturated_lesions(case, data.normalization, data.clip_percentiles)
     table = index_lesions(case.mask, config.patches.connectivity, brain)
+    patches = config.patches
+    if patches.hard_fraction > 0:
+        channel = image[..., data.channels.index(patches.hard_channel)]
+        hard = hard_negative_voxels(channel, case.mask, patches.hard_threshold, patches.hard_margin, brain)
+        table = replace(table, hard=hard.astype(table.voxels.dtype))
+        log.debug("%s: %d hard-negative voxel(s)", case.case_id, hard.size)
     return PreparedCase(
         case_id=case.case_id,
         image=np.ascontiguousarray(image, dtype=np.float32),

@@ -33,12 +33,17 @@ class LesionTable:
     foreground : numpy.ndarray or None
         (M,) flat indices of the non-zero (brain) voxels; ``None`` means the
         whole volume.
+    hard : numpy.ndarray or None
+        (K,) flat indices of the hard-negative voxels, where a model fires
+        away from every lesion (:mod:`~lesionseg.sampling.hard_negatives`);
+        ``None``: none known (``hard`` patches fall back to ``foreground``).
     """
 
     shape: tuple[int, int, int]
     voxels: np.ndarray
     offsets: np.ndarray
     foreground: np.ndarray | None = None
+    hard: np.ndarray | None = None
 
     @property
     def n_lesions(self) -> int:
@@ -60,8 +65,8 @@ class LesionTable:
     @property
     def nbytes(self) -> int:
         """Memory held by the table's arrays, in bytes."""
-        fg = 0 if self.foreground is None else self.foreground.nbytes
-        return int(self.voxels.nbytes + self.offsets.nbytes + fg)
+        extra = sum(0 if a is None else a.nbytes for a in (self.foreground, self.hard))
+        return int(self.voxels.nbytes + self.offsets.nbytes + extra)
 
 
 def _index_dtype(n: int) -> type:

@@ -13,7 +13,10 @@ weights are corrected for what patches aimed at neighbouring lesions already
 show (:func:`coverage_matrix`, :func:`balance_probabilities`), so that lesions
 crowded around a large confluent one are not over-shown at the expense of
 isolated small ones.  ``foreground`` patches are centred on a random non-zero
-(brain) voxel, ``random`` patches anywhere.
+(brain) voxel, ``random`` patches anywhere, ``hard`` patches hold a
+hard-negative voxel (where a model fires away from every lesion:
+:mod:`~lesionseg.sampling.hard_negatives`) in their central half, placed with
+the same jitter as a lesion voxel.
 
 The pieces live in :mod:`~lesionseg.sampling.lesion_table` (the lesions of a
 case), :mod:`~lesionseg.sampling.extraction` (patch geometry, cutting patches
@@ -44,7 +47,7 @@ from lesionseg.sampling.weights import (
 
 log = logging.getLogger(__name__)
 
-MODES = ("lesion", "foreground", "random")
+MODES = ("lesion", "foreground", "random", "hard")  # "hard" last: a zero hard fraction draws as before
 
 
 def _pick(cdf: np.ndarray, u: float) -> int:
@@ -59,8 +62,8 @@ class PatchSampler:
     a ``lesion`` patch then chooses a lesion of that case with probability
     ∝ ``volume ** alpha`` (coverage-balanced when ``balance``), a voxel of the
     lesion uniformly, and the voxel's position in the patch within the jitter
-    range.  A ``lesion`` patch of a case without lesions falls back to a
-    ``foreground`` patch (logged once per case).
+    range.  A ``lesion`` (``hard``) patch of a case without lesions (hard
+    negatives) falls back to a ``foreground`` patch (logged once per case).
 
     Parameters
     ----------
@@ -69,7 +72,8 @@ class PatchSampler:
     size : sequence of int
         Patch size (d, h, w).
     fractions : tuple of float
-        Shares of ``lesion``, ``foreground`` and ``random`` patches (normalised).
+        Shares of ``lesion``, ``foreground``, ``random`` and (optional fourth)
+        ``hard`` patches (normalised).
     alpha : float
         Lesion weight exponent: ``volume ** alpha``.
     jitter : float
@@ -94,7 +98,7 @@ class PatchSampler:
         self,
         tables: Sequence[LesionTable],
         size: Sequence[int],
-        fractions: tuple[float, float, float] = (0.5, 0.4, 0.1),
+        fractions: tuple[float, ...] = (0.5, 0.4, 0.1),
         alpha: float = 0.0,
         jitter: float = 0.5,
         balance: bool = True,
@@ -129,6 +133,8 @@ class PatchSampler:
             self.lesion_p.append(p)
             if table.n_lesions == 0 and self.mode_p[0] > 0:
                 log.info("%s: no lesion; its lesion patches fall back to foreground patches", name)
+            if (table.hard is None or table.hard.size == 0) and self.mode_p[3] > 0:
+                log.info("%s: no hard negative; its hard patches fall back to foreground patches", name)
         self._lesion_cdf = [np.cumsum(p) for p in self.lesion_p]
         if self.balance:
             log.debug("lesion weights of %d lesion(s) balanced in %.1f s", self.n_lesions, time.perf_counter() - start)
@@ -140,7 +146,7 @@ class PatchSampler:
         return cls(
             tables,
             cfg.size,
-            (cfg.lesion_fraction, cfg.foreground_fraction, cfg.random_fraction),
+            (cfg.lesion_fraction, cfg.foreground_fraction, cfg.random_fraction, cfg.hard_fraction),
             cfg.alpha,
             cfg.jitter,
             cfg.balance,
@@ -174,7 +180,12 @@ class PatchSampler:
             voxel = np.array(np.unravel_index(flat, table.shape), dtype=np.int64)
             corner = voxel - rng.integers(self._pos_lo, self._pos_hi + 1)
             return PatchSpec(case, tuple(int(v) for v in corner), self.size, "lesion", label)  # type: ignore[arg-type]
-        if mode == "lesion":
+        if mode == "hard" and table.hard is not None and table.hard.size:
+            flat = table.hard[rng.integers(table.hard.size)]
+            voxel = np.array(np.unravel_index(flat, table.shape), dtype=np.int64)
+            corner = voxel - rng.integers(self._pos_lo, self._pos_hi + 1)
+            return PatchSpec(case, tuple(int(v) for v in corner), self.size, "hard")  # type: ignore[arg-type]
+        if mode in ("lesion", "hard"):
             mode = "foreground"
         if mode == "foreground" and table.foreground is not None:
             flat = table.foreground[rng.integers(table.foreground.size)]

@@ -22,19 +22,19 @@ from lesionseg.sampling.lesion_table import LesionTable
 BALANCE_SEED = 0  # fixed: the lesion weights do not depend on the sampling seed
 
 
-def mode_probabilities(lesion: float, foreground: float, random: float) -> np.ndarray:
-    """The three mode fractions normalised to sum to one.
+def mode_probabilities(lesion: float, foreground: float, random: float, hard: float = 0.0) -> np.ndarray:
+    """The mode fractions (lesion, foreground, random, hard) normalised to sum to one.
 
     Raises
     ------
     LesionsegError
-        A negative fraction, or all three zero.
+        A negative fraction, or all zero.
     """
-    p = np.array([lesion, foreground, random], dtype=np.float64)
+    p = np.array([lesion, foreground, random, hard], dtype=np.float64)
     if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
         raise LesionsegError(
-            "config patches: lesion_fraction, foreground_fraction and random_fraction must be "
-            f">= 0 with a positive sum, got {lesion}, {foreground}, {random}"
+            "config patches: lesion_fraction, foreground_fraction, random_fraction and hard_fraction must be "
+            f">= 0 with a positive sum, got {lesion}, {foreground}, {random}, {hard}"
         )
     return p / p.sum()
 

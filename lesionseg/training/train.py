@@ -150,6 +150,8 @@ def train(
         )
     check_resumable(run_dir, resume)
     data = check_training_data(config, data_dir)
+    if config.model.kind == "threshold":
+        return write_threshold_run(run_dir, data)
     backend = configure_backend(config.train.threads, config.train.seed)
     strategy = make_strategy(config.train.strategy, backend)
     check_replicas(config.train.batch_size, replicas(strategy), config.train.strategy)
@@ -164,6 +166,32 @@ def train(
             replace_run(attempt, run_dir)
     finally:
         shutil.rmtree(attempt, ignore_errors=True)
+    return run_dir
+
+
+def write_threshold_run(run_dir: Path, data: TrainingData) -> Path:
+    """The threshold baseline has nothing to fit: its run folder is its config and its split.
+
+    An earlier run in ``run_dir`` (``--overwrite``) is replaced as a trained one would be, and
+    an earlier ``tuning.json`` goes: ``lesionseg tune`` picks the threshold and minimum size anew.
+    """
+    m = data.config.model
+    staging = run_dir.parent / f".{run_dir.name}.attempt" if holds_run(run_dir) else run_dir
+    if staging != run_dir:
+        shutil.rmtree(staging, ignore_errors=True)  # a killed earlier attempt
+    staging.mkdir(parents=True, exist_ok=True)
+    save_config(data.config, staging / "config.yaml")
+    write_split(data.split, staging / "split.csv")
+    if staging != run_dir:
+        replace_run(staging, run_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+    for name in ("tuning.json", "tuning.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+    log.info(
+        "threshold baseline -> %s: lesion where normalised %s >= %.3g + %.3g * logit(threshold) "
+        "(nothing to fit; `lesionseg tune` picks the threshold and minimum lesion size)",
+        run_dir, m.threshold_channel, m.threshold_center, m.threshold_scale,
+    )
     return run_dir
 
 
