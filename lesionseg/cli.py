@@ -155,6 +155,23 @@ def _add_samples(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("data_samples"), help="output folder")
 
 
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study",
+        help="run a grid of training runs (loss x head x seed x fold, any key) into results.csv",
+        description="Expand the grid of STUDY.toml over its folds, run each cell through train -> infer -> "
+        "evaluate (cells side by side), append one row per cell and variant to OUT/results.csv. "
+        "Finished cells are never redone: stop and start it again at will. --summarize writes the "
+        "mean +- sd table and the TP-against-FP plot from results.csv.",
+    )
+    p.add_argument("--config", "-c", type=Path, help="study file STUDY.toml (see lesionseg/study/grid.py)")
+    p.add_argument("--data", type=Path, help="labelled cases the folds split")
+    p.add_argument("--out", type=Path, required=True, help="study folder (results.csv, cells/, folds/)")
+    p.add_argument("--parallel", type=int, help="cells side by side (default: the study file's)")
+    p.add_argument("--limit", type=int, help="run at most this many cells now")
+    p.add_argument("--summarize", action="store_true", help="only write table.csv/.md and tp_fp.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -175,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_compare(sub)
     _add_samples(sub)
+    _add_study(sub)
     return parser
 
 
@@ -283,8 +301,28 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    if args.summarize:
+        from lesionseg.study.summary import write_summary
+
+        write_summary(args.out)
+        return 0
+    if args.config is None or args.data is None:
+        raise LesionsegError("study: --config STUDY.toml and --data DATA are needed to run (or --summarize)")
+    if args.parallel is not None and args.parallel < 1:
+        raise LesionsegError(f"study: --parallel must be >= 1, got {args.parallel}")
+    from lesionseg.study.runner import run_study
+    from lesionseg.study.summary import write_summary
+
+    results = run_study(args.config, args.data, args.out, args.parallel, args.limit)
+    log.info("results: %s", results)
+    if results.is_file():
+        write_summary(args.out)
+    return 0
+
+
 # Folders a command reads that its output may not lie in, and output sub-folders holding atomic writes.
-_READS = {"patches": ("data",), "train": ("data",), "infer": ("input",), "evaluate": ("truth",)}
+_READS = {"patches": ("data",), "train": ("data",), "infer": ("input",), "evaluate": ("truth",), "study": ("data",)}
 _WRITES_UNDER = {"train": ("checkpoint", "validation"), "evaluate": ("overlays",)}
 
 
@@ -302,7 +340,8 @@ def check_outputs(args: argparse.Namespace) -> None:
     out = getattr(args, "out", None)
     if out is None:
         return
-    check_output_folder(out, [getattr(args, name) for name in _READS.get(args.command, ())])
+    reads = [getattr(args, name) for name in _READS.get(args.command, ())]
+    check_output_folder(out, [r for r in reads if r is not None])
     remove_stale_temporaries(out, *(out / sub for sub in _WRITES_UNDER.get(args.command, ())))
 
 
@@ -315,6 +354,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "compare": cmd_compare,
     "samples": cmd_samples,
+    "study": cmd_study,
 }
 
 

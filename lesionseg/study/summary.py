@@ -1,0 +1,121 @@
+"""A study's answer from its ``results.csv``: the mean ± sd table and the TP-against-FP plot.
+
+``lesionseg study --summarize --out STUDY_DIR`` writes ``STUDY_DIR/table.csv``,
+``STUDY_DIR/table.md`` (per variant, per loss × head and any other grid key:
+runs, GT/TP/FP/FN, precision, recall, lesion F1 and Dice as mean ± sd over
+seeds and folds, and how many runs predicted nothing) and ``STUDY_DIR/tp_fp.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from lesionseg.errors import LesionsegError
+
+log = logging.getLogger(__name__)
+
+SPREAD = ["GT", "TP", "FP", "FN", "lesion_precision", "lesion_recall", "lesion_f1", "dice"]
+NOT_GROUPS = {"cell", "seed", "fold", "GT", "TP", "FP", "FN", "lesion_precision", "lesion_recall", "lesion_f1",
+              "dice", "pred_volume_ml", "truth_volume_ml", "blank_exams", "diagnostics", "train_seconds",
+              "cell_seconds"}
+
+
+def load_results(path: Path) -> pd.DataFrame:
+    """``results.csv`` (one-line error when missing or empty)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LesionsegError(f"{path}: no study results (run `lesionseg study` first)")
+    df = pd.read_csv(path)
+    if df.empty:
+        raise LesionsegError(f"{path}: no finished cell yet")
+    return df
+
+
+def _mean_sd(values: pd.Series) -> str:
+    values = values.astype(float)
+    if len(values) < 2:
+        return f"{values.mean():.3g}"
+    return f"{values.mean():.3g} ± {values.std(ddof=1):.2g}"
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant and grid combination (seeds and folds pooled): mean ± sd of each count.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        ``results.csv`` rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns: the grouping columns, ``runs``, ``blank_runs`` (runs whose every held-out exam was
+        predicted blank), ``collapse_diagnostic`` (runs where training's blank-collapse diagnostic
+        fired), then ``GT`` ... ``dice`` as text ``mean ± sd`` and the numeric ``TP_mean``, ``TP_sd``,
+        ``FP_mean``, ``FP_sd``, ``f1_mean``, ``f1_sd`` used by the plot.
+    """
+    groups = [c for c in df.columns if c not in NOT_GROUPS]
+    rows = []
+    for key, part in df.groupby(groups, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(groups, key))
+        row["runs"] = len(part)
+        row["blank_runs"] = int((part.TP + part.FP == 0).sum())
+        diag = part.diagnostics.fillna("").astype(str)
+        row["collapse_diagnostic"] = int(diag.str.contains("blank|collapse").sum())
+        for col in SPREAD:
+            row[col] = _mean_sd(part[col])
+        for col, name in (("TP", "TP"), ("FP", "FP"), ("lesion_f1", "f1")):
+            row[f"{name}_mean"] = float(part[col].mean())
+            row[f"{name}_sd"] = float(part[col].std(ddof=1)) if len(part) > 1 else 0.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_tp_fp(table: pd.DataFrame, path: Path, variant: str = "default") -> Path:
+    """TP against FP per grid combination of one variant, with ± sd error bars (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    part = table[table.variant == variant] if "variant" in table.columns else table
+    fig, ax = plt.subplots(figsize=(8, 6))
+    markers = {"sigmoid": "o", "softmax": "s"}
+    for _, row in part.iterrows():
+        label = f"{row.get('loss', '')} / {row.get('head', '')}"
+        ax.errorbar(row.FP_mean, row.TP_mean, xerr=row.FP_sd, yerr=row.TP_sd,
+                    fmt=markers.get(str(row.get("head")), "o"), capsize=3, label=label)
+        ax.annotate(str(row.get("loss", "")), (row.FP_mean, row.TP_mean), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("false-positive lesions (mean ± sd over runs; symlog)")
+    ax.set_ylabel("true-positive lesions (mean ± sd over runs)")
+    ax.set_title(f"lesions found against false lesions ({variant}; circles sigmoid, squares softmax)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_summary(out: Path) -> tuple[Path, Path, Path]:
+    """``table.csv``, ``table.md`` and ``tp_fp.png`` of a study folder, from its ``results.csv``."""
+    from lesionseg.evaluation.compare import to_markdown
+
+    out = Path(out)
+    table = summarize(load_results(out / "results.csv"))
+    shown = table[[c for c in table.columns if not c.endswith(("_mean", "_sd"))]]
+    csv_path, md_path = out / "table.csv", out / "table.md"
+    table.to_csv(csv_path, index=False)
+    md_path.write_text(to_markdown(shown) + "\n")
+    variant = "default" if "variant" in table.columns and (table.variant == "default").any() else (
+        str(table.variant.iloc[0]) if "variant" in table.columns else "default")
+    png = plot_tp_fp(table, out / "tp_fp.png", variant)
+    log.info("study summary: %d row(s) -> %s, %s, %s", len(table), csv_path, md_path, png)
+    print(to_markdown(shown))
+    return csv_path, md_path, png
+

@@ -1,0 +1,129 @@
+"""The study runner on a tiny grid: plan, run side by side, restart without redoing, summarise."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lesionseg.cli import main
+from lesionseg.errors import LesionsegError
+from lesionseg.study.grid import plan_study
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "pipelines" / "smoke.toml"
+
+
+def write_study(path: Path, grid: str, extra: str = "") -> Path:
+    path.write_text(
+        f"""[study]
+base = "{SMOKE}"
+variants = ["default"]
+parallel = 2
+
+[study.set]
+"train.epochs" = 1
+"train.steps_per_epoch" = 1
+"train.val_fraction" = 0.0
+"train.val_cases" = []
+
+[study.grid]
+{grid}
+
+[study.folds]
+A = ["sample01", "sample02"]
+{extra}
+"""
+    )
+    return path
+
+
+def test_plan_expands_the_grid_and_checks_every_cell(samples_dir, tmp_path):
+    study = plan_study(write_study(tmp_path / "s.toml", '"loss.name" = ["dice", "bce"]\n"train.seed" = [0, 1]'),
+                       samples_dir)
+    assert len(study.cells) == 4
+    assert {c.config.loss.name for c in study.cells} == {"dice", "bce"}
+    assert {c.config.train.seed for c in study.cells} == {0, 1}
+    assert all(c.config.train.epochs == 1 for c in study.cells)
+    cell = study.cells[0]
+    assert cell.fold.test == ("sample01", "sample02") and "sample01" not in cell.fold.train
+    assert cell.cell_id == "loss.name-dice_train.seed-0_fold-A"
+    with pytest.raises(LesionsegError, match=r"cell \{'loss.name': 'dise'\}"):
+        plan_study(write_study(tmp_path / "bad.toml", '"loss.name" = ["dise"]'), samples_dir)
+    with pytest.raises(LesionsegError, match="no case nobody"):
+        plan_study(write_study(tmp_path / "f.toml", '"loss.name" = ["dice"]', 'B = ["nobody"]'), samples_dir)
+
+
+def test_default_folds_leave_one_patient_out(samples_dir, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[study]\nbase = "{SMOKE}"\n[study.grid]\n"loss.name" = ["dice"]\n')
+    study = plan_study(path, samples_dir)
+    assert len(study.folds) == len(list(samples_dir.iterdir()))  # no group pattern: one case per patient
+    assert all(len(f.test) == 1 for f in study.folds)
+
+
+def test_interrupted_study_finishes_without_redoing_cells(samples_dir, tmp_path):
+    """Kill the runner once the first cell's row is written; a new start runs only the rest."""
+    study = write_study(tmp_path / "s.toml", '"loss.name" = ["dice", "bce", "focal"]')
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "lesionseg", "study", "--config", str(study), "--data", str(samples_dir),
+           "--out", str(out), "--parallel", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    results = out / "results.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if results.is_file() and len(results.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = pd.read_csv(results)
+    assert len(first) == 1, first
+    done_cell = first.cell.iloc[0]
+    model = out / "cells" / done_cell / "run" / "model.keras"
+    stamp = model.stat().st_mtime_ns
+
+    assert main(["study", "--config", str(study), "--data", str(samples_dir), "--out", str(out)]) == 0
+    table = pd.read_csv(results)
+    assert sorted(table.cell) == sorted(f"loss.name-{n}_fold-A" for n in ("dice", "bce", "focal"))
+    assert model.stat().st_mtime_ns == stamp  # the finished cell was not trained again
+    assert {"loss", "head", "seed", "fold", "GT", "TP", "FP", "FN", "lesion_f1", "dice",
+            "pred_volume_ml", "truth_volume_ml"} <= set(table.columns)
+    assert (table.GT == table.TP + table.FN).all()
+    assert (out / "table.md").is_file() and (out / "tp_fp.png").stat().st_size > 0
+
+    # a third start finds nothing to do
+    assert main(["study", "--config", str(study), "--data", str(samples_dir), "--out", str(out)]) == 0
+    assert len(pd.read_csv(results)) == 3
+
+
+def test_summary_pools_seeds_and_folds(tmp_path):
+    from lesionseg.study.summary import summarize
+
+    rows = []
+    for head, fps in (("sigmoid", (2, 4)), ("softmax", (10, 30))):
+        for seed, fp in enumerate(fps):
+            rows.append({"cell": f"{head}{seed}", "variant": "default", "loss": "dice", "head": head, "seed": seed,
+                         "fold": "A", "GT": 10, "TP": 6, "FP": fp, "FN": 4, "lesion_precision": 6 / (6 + fp),
+                         "lesion_recall": 0.6, "lesion_f1": 0.5, "dice": 0.5, "pred_volume_ml": 1.0,
+                         "truth_volume_ml": 1.0, "blank_exams": 0, "diagnostics": "", "train_seconds": 1,
+                         "cell_seconds": 2})
+    table = summarize(pd.DataFrame(rows))
+    assert list(table["head"]) == ["sigmoid", "softmax"]
+    assert list(table.runs) == [2, 2]
+    assert table.FP_mean.tolist() == [3.0, 20.0]
+    assert table.FP.iloc[1].startswith("20 ± 14")
+
+
+def test_study_errors_are_one_line(samples_dir, tmp_path, capsys):
+    assert main(["study", "--config", str(tmp_path / "none.toml"), "--data", str(samples_dir),
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "study file not found" in capsys.readouterr().err
+    assert main(["study", "--summarize", "--out", str(tmp_path / "empty")]) == 1
+    assert "no study results" in capsys.readouterr().err
