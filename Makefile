@@ -13,7 +13,7 @@ SET    ?=
 LESIONSEG := $(BIN)/lesionseg
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo check patches train infer tune evaluate compare samples bench clean train-ms crossval-ms study-ms verify-ms
+.PHONY: install test demo check patches train infer tune evaluate compare samples bench clean train-ms crossval-ms study-ms study-summary lopo-ms verify-ms
 
 install: $(STAMP)  ## create the virtual environment and install lesionseg (+ test tools)
 
@@ -74,9 +74,17 @@ crossval-ms: install  ## real MS exams: both folds, then the per-exam table (run
 	$(MS) fold B $(SET)
 	$(MS) tables
 
-study-ms: install  ## real MS exams: the loss study on fold A, then its compare table (runs/ms_loss_study.csv)
-	$(MS) study --tune $(SET)
-	$(MS) tables
+study-ms: install  ## real MS exams: the loss study (12 losses x 2 heads x 3 folds; restartable) -> studies/loss_study
+	$(BIN)/python -m pip install -q -e '.[dev,torch]'
+	$(LESIONSEG) study --config studies/loss_study/study.toml --data ../shared/data/ms_lesions --out studies/loss_study
+
+study-summary: install  ## the loss study's table.md and tp_fp.png from studies/loss_study/results.csv
+	$(LESIONSEG) study --summarize --out studies/loss_study
+
+lopo-ms: install  ## real MS exams: leave-one-patient-out of the threshold baseline and RECIPE, then the table
+	$(MS) lopo --config pipelines/threshold_baseline.toml
+	$(MS) lopo --config $(or $(RECIPE),pipelines/ms_flair_t1.toml) $(SET)
+	$(MS) lopo-table
 
 verify-ms: install  ## the shipped models/ms_flair_t1 on its held-out exams: the model card's figures
 	$(MS) verify

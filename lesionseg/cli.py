@@ -153,6 +153,24 @@ def _add_samples(sub: argparse._SubParsersAction) -> None:
         "(hyperintense on FLAIR, hypointense on T1), one lesion-free case and two LAS cases.",
     )
     p.add_argument("--out", type=Path, default=Path("data_samples"), help="output folder")
+    p.add_argument("--head", action="store_true", help="inside a head: skull and scalp around the brain")
+
+
+def _add_thick_slices(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "thick-slices",
+        help="make clinical thick-slice versions of exams (and their masks)",
+        description="Write every case of DATA as a 2D clinical acquisition would show it: slices of "
+        "--slice-mm (Gaussian slice profile) every --slice-mm + --gap-mm along --axis, --in-plane-mm "
+        "voxels in plane; the lesion mask on the same grid (lesion where at least half the thick voxel was).",
+    )
+    p.add_argument("--data", type=Path, required=True, help="data folder")
+    p.add_argument("--out", type=Path, required=True, help="output data folder")
+    p.add_argument("--slice-mm", type=float, default=7.0, help="slice thickness (default 7)")
+    p.add_argument("--gap-mm", type=float, default=0.0, help="gap between slices (default 0)")
+    p.add_argument("--in-plane-mm", type=float, default=0.9, help="in-plane voxel size (default 0.9)")
+    p.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="voxel axis across slices (default 2)")
+    _add_config_args(p)
 
 
 def _add_study(sub: argparse._SubParsersAction) -> None:
@@ -193,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_samples(sub)
     _add_study(sub)
+    _add_thick_slices(sub)
     return parser
 
 
@@ -213,6 +232,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         mask_values=cfg.data.mask_values,
         affine_tolerance=cfg.data.affine_tolerance,
         patch_size=cfg.patches.size,
+        preprocess=cfg.preprocess,
     )
     print(report.table())
     for problem in report.problems:
@@ -296,8 +316,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_samples(args: argparse.Namespace) -> int:
     from lesionseg.data.synthetic import write_samples
 
-    written = write_samples(args.out)
+    written = write_samples(args.out, head=args.head)
     log.info("%d sample case(s) in %s", len(written), args.out)
+    return 0
+
+
+def cmd_thick_slices(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from lesionseg.data.simulate import write_thick_slices
+
+    written = write_thick_slices(args.data, args.out, list(cfg.data.channels), cfg.data.mask, args.slice_mm,
+                                 args.in_plane_mm, args.gap_mm, args.axis)
+    log.info("%d thick-slice case(s) in %s", len(written), args.out)
     return 0
 
 
@@ -322,7 +352,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 # Folders a command reads that its output may not lie in, and output sub-folders holding atomic writes.
-_READS = {"patches": ("data",), "train": ("data",), "infer": ("input",), "evaluate": ("truth",), "study": ("data",)}
+_READS = {"patches": ("data",), "train": ("data",), "infer": ("input",), "evaluate": ("truth",), "study": ("data",),
+          "thick-slices": ("data",)}
 _WRITES_UNDER = {"train": ("checkpoint", "validation"), "evaluate": ("overlays",)}
 
 
@@ -355,6 +386,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "samples": cmd_samples,
     "study": cmd_study,
+    "thick-slices": cmd_thick_slices,
 }
 
 

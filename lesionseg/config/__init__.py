@@ -1,6 +1,6 @@
 """Run configuration: one frozen dataclass per stage, loaded from TOML/YAML/JSON.
 
-A configuration file has one table per stage (``[data]``, ``[patches]``,
+A configuration file has one table per stage (``[data]``, ``[preprocess]``, ``[patches]``,
 ``[augment]``, ``[model]``, ``[loss]``, ``[train]``, ``[infer]``,
 ``[evaluate]``); every key is optional and defaults to the values below.
 Any value can be overridden from the command line with
@@ -33,6 +33,7 @@ from lesionseg.config.training_sections import (
     LossConfig,
     ModelConfig,
     PatchConfig,
+    PreprocessConfig,
     TrainConfig,
 )
 from lesionseg.config.vocabulary import (
@@ -75,6 +76,7 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "PatchConfig",
+    "PreprocessConfig",
     "TrainConfig",
     "check_patch_size",
     "check_training_config",

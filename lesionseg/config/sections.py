@@ -11,6 +11,7 @@ from lesionseg.config.training_sections import (
     LossConfig,
     ModelConfig,
     PatchConfig,
+    PreprocessConfig,
     TrainConfig,
 )
 from lesionseg.errors import LesionsegError
@@ -21,6 +22,7 @@ class Config:
     """The whole configuration, one section per stage."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

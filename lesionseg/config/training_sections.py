@@ -96,6 +96,40 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class PreprocessConfig:
+    """Bringing raw exams to the model's working grid, the same in training and inference.
+
+    Stored with the run, so ``lesionseg infer`` repeats it exactly; outputs go back to each input's
+    own grid (:mod:`lesionseg.data.preprocess`).  Every step is off by default.
+
+    Attributes
+    ----------
+    reorient : bool
+        Reorder and flip the voxel axes to RAS+ (no interpolation).
+    spacing : tuple of float or None
+        Resample to voxels of this size in mm (e.g. ``[1, 1, 1]`` for a 0.9 × 0.9 × 7 mm
+        clinical FLAIR); ``None`` keeps the input's grid.
+    bias_correction : bool
+        N4 bias-field correction of every channel (SimpleITK).
+    brain_extraction : bool
+        Zero everything outside the brain (a morphological skull strip of the first channel).
+    """
+
+    reorient: bool = False
+    spacing: tuple[float, float, float] | None = None
+    bias_correction: bool = False
+    brain_extraction: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("reorient", "bias_correction", "brain_extraction"):
+            require(isinstance(getattr(self, key), bool), f"preprocess.{key}", "true or false", getattr(self, key))
+        if self.spacing is not None:
+            spacing = tuple(self.spacing)
+            require(len(spacing) == 3 and all(is_number(v) and v > 0 for v in spacing), "preprocess.spacing",
+                    "3 voxel sizes in mm > 0 (or absent)", spacing)
+
+
+@dataclass(frozen=True)
 class PatchConfig:
     """Lesion-aware patch sampling (stage 1).
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 
-from lesionseg.config import DataConfig
+from lesionseg.config import DataConfig, PreprocessConfig
 from lesionseg.data.io import (
     Grid,
     _grid_mismatch,
@@ -153,6 +154,43 @@ def _check_grids(
         ))
 
 
+#: Largest / smallest voxel side above which a scan counts as anisotropic (thick slices).
+ANISOTROPY = 1.5
+#: A skull-stripped scan is mostly exact zeros outside the brain; a raw head scan almost never is.
+STRIPPED_ZERO_SHARE = 0.2
+#: Smallest field of view (mm, every axis) of a scan that holds a whole head (smaller: a crop).
+HEAD_FOV_MM = 80.0
+
+
+def _check_processing(grids: list[tuple[Grid, Path]], preprocess: PreprocessConfig, problems: list[Problem]) -> None:
+    """Warn when the first channel looks unprocessed (thick slices, skull) and say what infer will do."""
+    grid, path = grids[0]
+    zooms = [float(z) for z in grid.zooms]
+    if max(zooms) / max(min(zooms), 1e-6) > ANISOTROPY:
+        shown = " x ".join(f"{z:.2g}" for z in zooms)
+        action = (f"infer resamples it to {' x '.join(f'{v:g}' for v in preprocess.spacing)} mm and back "
+                  "([preprocess] spacing)" if preprocess.spacing is not None else
+                  "this config predicts on the file's own grid: set preprocess.spacing or use a model that "
+                  "resamples (models/ms_flair)")
+        problems.append(Problem("WARNING", f"{display_path(path)}: anisotropic voxels ({shown} mm); {action}"))
+    if min(n * z for n, z in zip(grid.shape, zooms)) < HEAD_FOV_MM:
+        return  # a crop, not a head: no skull to look for
+    try:
+        data = np.asarray(nib.load(str(path)).dataobj)
+    except Exception:  # unreadable files are reported by the grid checks
+        return
+    zero_share = float(np.mean(data == 0))
+    if zero_share < STRIPPED_ZERO_SHARE:
+        action = ("infer extracts the brain first ([preprocess] brain_extraction)" if preprocess.brain_extraction
+                  else "this config expects a skull-stripped brain: set preprocess.brain_extraction = true or use "
+                  "a model that does (models/ms_flair)")
+        problems.append(Problem(
+            "WARNING",
+            f"{display_path(path)}: looks not skull-stripped (only {100 * zero_share:.0f} % of the voxels are 0); "
+            f"{action}",
+        ))
+
+
 def check_case(
     case_dir: Path,
     channels: Sequence[str],
@@ -160,6 +198,7 @@ def check_case(
     mask_values: str = "binary",
     affine_tolerance: float = 1e-3,
     patch_size: Sequence[int] = (48, 48, 48),
+    preprocess: PreprocessConfig | None = None,
 ) -> tuple[CaseSummary, list[Problem]]:
     """Check one case folder and return its summary row and all its problems.
 
@@ -177,6 +216,9 @@ def check_case(
         Largest allowed affine difference (mm) between the case's files.
     patch_size : sequence of int
         Patch size, to warn about volumes that will need padding.
+    preprocess : PreprocessConfig or None
+        What infer will do to raw inputs; a case that looks unprocessed (thick slices, skull)
+        gets a warning saying so.  ``None``: no preprocessing.
     """
     case = case_dir.name
     problems: list[Problem] = []
@@ -187,6 +229,7 @@ def check_case(
     ref = grids[0] if grids else None
     if ref is not None:
         _check_grids(grids, affine_tolerance, patch_size, problems)
+        _check_processing(grids, preprocess or PreprocessConfig(), problems)
 
     summary = CaseSummary(
         case=case,
@@ -209,6 +252,7 @@ def check_dataset(
     mask_values: str = "binary",
     affine_tolerance: float = 1e-3,
     patch_size: Sequence[int] = (48, 48, 48),
+    preprocess: PreprocessConfig | None = None,
 ) -> CheckReport:
     """Check every case of a data folder (see :func:`check_case`).
 
@@ -221,7 +265,7 @@ def check_dataset(
     cases = list_cases(data_dir)
     for i, case_dir in enumerate(cases, 1):
         summary, problems = check_case(
-            case_dir, channels, mask_name, mask_values, affine_tolerance, patch_size
+            case_dir, channels, mask_name, mask_values, affine_tolerance, patch_size, preprocess
         )
         log.info("checked %d/%d %s: %s", i, len(cases), case_dir.name, summary.status)
         report.cases.append(summary)

@@ -161,6 +161,48 @@ def generate_case(
     return SyntheticCase(case_id, flair, t1, mask, affine)
 
 
+def with_head(case: SyntheticCase, margin: int = 14, seed: int = 0) -> SyntheticCase:
+    """The case inside a head: CSF, skull and scalp around its brain, as an exam before brain extraction.
+
+    The volume grows by ``margin`` voxels on every side (the affine moves so that the brain keeps
+    its world position); around the brain come a CSF layer (dark on FLAIR, dark on T1), the skull
+    (dark on both), and the scalp with its fat (bright on both: what a skull-stripping step must
+    remove, and what a model trained on stripped brains takes for lesions).
+
+    Parameters
+    ----------
+    case : SyntheticCase
+        A skull-stripped case (:func:`generate_case`).
+    margin : int
+        Voxels added on each side (≥ 10 for the three layers).
+    seed : int
+        Seed of the layers' noise.
+
+    Returns
+    -------
+    SyntheticCase
+        Same case id, mask padded with zeros.
+    """
+    rng = np.random.default_rng(seed)
+    pad = [(margin, margin)] * 3
+    brain = np.pad(case.flair > 0, pad)
+    dist = ndimage.distance_transform_edt(~brain)
+    layers = {"csf": (dist > 0) & (dist <= 2), "skull": (dist > 2) & (dist <= 6), "scalp": (dist > 6) & (dist <= 10)}
+    images = []
+    for image, values in ((case.flair, {"csf": 120.0, "skull": 40.0, "scalp": 900.0}),
+                          (case.t1, {"csf": 200.0, "skull": 60.0, "scalp": 1100.0})):
+        out = np.pad(image, pad).astype(np.float32)
+        for name, value in values.items():
+            region = layers[name]
+            out[region] = value * rng.uniform(0.9, 1.1) + rng.normal(0, 25.0, int(region.sum()))
+        air = dist > 10
+        out[air] = np.abs(rng.normal(0, 12.0, int(air.sum())))  # magnitude noise of the air: raw scans have no zeros
+        images.append(np.clip(out, 0, None))
+    affine = case.affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.full(3, float(margin))
+    return SyntheticCase(case.case_id, images[0], images[1], np.pad(case.mask, pad), affine)
+
+
 def _save(array: np.ndarray, affine: np.ndarray, path: Path, dtype: type) -> None:
     img = nib.Nifti1Image(array.astype(dtype), affine)
     img.set_sform(affine, code=1)
@@ -183,8 +225,11 @@ SAMPLE_CASES = (
 )
 
 
-def write_samples(out_dir: str | Path, cases: tuple = SAMPLE_CASES) -> list[Path]:
+def write_samples(out_dir: str | Path, cases: tuple = SAMPLE_CASES, head: bool = False) -> list[Path]:
     """Write the bundled sample cases to ``out_dir/<case>/{flair,t1,lesion_mask}.nii.gz``.
+
+    ``head=True`` writes them inside a head (skull and scalp, :func:`with_head`), as raw exams
+    before brain extraction.
 
     Returns
     -------
@@ -195,11 +240,13 @@ def write_samples(out_dir: str | Path, cases: tuple = SAMPLE_CASES) -> list[Path
     written = []
     for case_id, seed, shape, n_lesions, orientation in cases:
         case = generate_case(case_id, seed, shape, n_lesions, orientation)
+        if head:
+            case = with_head(case, seed=seed)
         folder = out_dir / case_id
         folder.mkdir(parents=True, exist_ok=True)
         _save(case.flair, case.affine, folder / "flair.nii.gz", np.int16)
         _save(case.t1, case.affine, folder / "t1.nii.gz", np.int16)
         _save(case.mask, case.affine, folder / "lesion_mask.nii.gz", np.uint8)
-        log.info("wrote %s (%s, %d lesion voxels)", folder, "x".join(map(str, shape)), int(case.mask.sum()))
+        log.info("wrote %s (%s, %d lesion voxels)", folder, "x".join(map(str, case.mask.shape)), int(case.mask.sum()))
         written.append(folder)
     return written

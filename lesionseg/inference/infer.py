@@ -32,6 +32,7 @@ from lesionseg.config import Config
 from lesionseg.data import io, writing
 from lesionseg.data.check import require_readable
 from lesionseg.data.normalize import normalize_image
+from lesionseg.data.preprocess import prepare, to_input_grid
 from lesionseg.errors import DataError, LesionsegError
 from lesionseg.inference.postprocess import (
     DecisionSettings,
@@ -40,6 +41,7 @@ from lesionseg.inference.postprocess import (
     resolve_decision,
 )
 from lesionseg.inference.predictor import Predictor, model_file
+from lesionseg.inference.sliding_window import Progress
 from lesionseg.logs import setup_logging
 from lesionseg.provenance import Source, is_complete, write_record
 from lesionseg.runtime import configure_backend
@@ -62,7 +64,12 @@ def check_channels(case_dirs: Sequence[Path], channels: Sequence[str], run_dir: 
 
 
 def read_normalised(case_dir: Path, config: Config, mask: bool = False) -> tuple[io.Case, np.ndarray]:
-    """Read a case (channels, optionally the mask) and normalise it exactly as training."""
+    """Read a case (channels, optionally the mask), preprocess and normalise it exactly as training.
+
+    The image is on the working grid of ``[preprocess]`` (the input's grid when it is off); the
+    case (its grid, header and mask) stays as read: :func:`~lesionseg.data.preprocess.to_input_grid`
+    brings a probability map back to it.
+    """
     case = io.read_case(
         case_dir,
         config.data.channels,
@@ -70,8 +77,18 @@ def read_normalised(case_dir: Path, config: Config, mask: bool = False) -> tuple
         mask_values=config.data.mask_values,
         affine_tolerance=config.data.affine_tolerance,
     )
-    image = normalize_image(case.image, config.data.normalization, config.data.clip_percentiles)
+    raw = prepare(case.image, None, case.grid, config.preprocess).image
+    image = normalize_image(raw, config.data.normalization, config.data.clip_percentiles)
     return case, image
+
+
+def case_probability(predictor: Predictor, case_dir: Path, mask: bool = False,
+                     progress: Progress | None = None) -> tuple[io.Case, np.ndarray]:
+    """A case as read and its lesion probability on its own grid (preprocessed, predicted, brought back)."""
+    case, image = read_normalised(case_dir, predictor.config, mask=mask)
+    prob = predictor.probability(image, progress=progress)
+    del image
+    return case, to_input_grid(prob, case.grid, predictor.config.preprocess)
 
 
 def predict_case(
@@ -85,9 +102,7 @@ def predict_case(
     """Predict one case folder and write its two outputs (then its record); return the ``_pred`` path."""
     t0 = time.perf_counter()
     config = predictor.config
-    case, image = read_normalised(case_dir, config)
-    prob = predictor.probability(image, progress=_window_bar(case.case_id) if show_progress else None)
-    del image
+    case, prob = case_probability(predictor, case_dir, progress=_window_bar(case_dir.name) if show_progress else None)
     pred = postprocess(prob, config.infer, case.grid.zooms, tuned)
     out_dir = Path(out_dir)
     writing.write_like(out_dir / f"{case.case_id}_prob.nii.gz", prob, case.affine, case.header, np.float32)

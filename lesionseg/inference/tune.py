@@ -31,7 +31,7 @@ from lesionseg.data.labels import ORIGIN_BOX, bounding_box, component_sizes
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.lesions import evaluate_case
 from lesionseg.evaluation.scoring import CaseCounts, over_segmented, pool_counts, selection_key
-from lesionseg.inference.infer import check_channels, read_normalised
+from lesionseg.inference.infer import case_probability, check_channels
 from lesionseg.inference.postprocess import TUNING_FILE, decide
 from lesionseg.inference.predictor import Predictor
 from lesionseg.runtime import configure_backend
@@ -333,8 +333,7 @@ def _predict_cases(
     probs, truths, zooms, ids = [], [], [], []
     for n, case_dir in enumerate(case_dirs, 1):
         t0 = time.perf_counter()
-        case, image = read_normalised(case_dir, predictor.config, mask=True)
-        prob = predictor.probability(image)
+        case, prob = case_probability(predictor, case_dir, mask=True)
         box = candidate_box(prob, case.mask, min_threshold, margin)  # keep only what tuning can see
         probs.append(np.ascontiguousarray(prob[box]))
         truths.append(np.ascontiguousarray(case.mask[box]))  # type: ignore[index]

@@ -37,6 +37,7 @@ from lesionseg.data.io import Grid, read_case
 from lesionseg.data.labels import check_connectivity
 from lesionseg.data.normalize import foreground_mask, normalize_image, saturated_fraction
 from lesionseg.sampling.extraction import AUGMENT_STREAM, PatchSpec, extract_patch, patch_rng
+from lesionseg.data.preprocess import prepare
 from lesionseg.sampling.hard_negatives import hard_negative_voxels
 from lesionseg.sampling.lesion_table import LesionTable, index_lesions
 from lesionseg.sampling.sampler import PatchSampler
@@ -118,6 +119,9 @@ def prepare_case(config: Config, case_dir: Path) -> PreparedCase:
         mask_values=data.mask_values,
         affine_tolerance=data.affine_tolerance,
     )
+    prepared = prepare(case.image, case.mask, case.grid, config.preprocess)  # the working grid (as read when off)
+    if prepared.grid is not case.grid:
+        case = replace(case, image=prepared.image, mask=prepared.mask, grid=prepared.grid)
     brain = np.zeros(case.grid.shape, bool)
     for c in range(case.image.shape[-1]):
         brain |= foreground_mask(case.image[..., c])

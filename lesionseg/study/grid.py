@@ -26,6 +26,7 @@ wrong key or value is a one-line error naming the cell.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import re
@@ -210,6 +211,9 @@ def plan_study(path: Path, data_dir: Path) -> Study:
     backend = str(spec.get("backend", "") or "")
     if backend not in ("", "tensorflow", "torch", "jax"):
         raise LesionsegError(f"{path}: [study] backend must be tensorflow, torch or jax, got {backend!r}")
+    if backend and importlib.util.find_spec(backend) is None:
+        raise LesionsegError(f"{path}: [study] backend {backend!r} is not installed here "
+                             f"(install it, or set backend = \"\" to train on the environment's backend)")
     grid = spec.get("grid") or {}
     for key, values in grid.items():
         if "." not in key or not isinstance(values, list) or not values:

@@ -1,0 +1,146 @@
+"""Preprocessing of raw exams (reorient, resample, N4, brain extraction) and thick-slice simulation."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lesionseg.cli import main
+from lesionseg.config import PreprocessConfig
+from lesionseg.data.io import Grid
+from lesionseg.data.preprocess import bias_correct, brain_mask, prepare, resample, to_input_grid, working_grid
+from lesionseg.data.simulate import thick_slice_grid
+from lesionseg.data.synthetic import generate_case, with_head
+from lesionseg.errors import LesionsegError
+
+SMOKE_CONFIG = "pipelines/smoke.toml"
+
+
+def las_grid(shape=(10, 12, 8)):
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [5.0, -6.0, -4.0]
+    return Grid(shape, affine, (1.0, 1.0, 1.0))
+
+
+def test_reorientation_is_exact_and_goes_back():
+    grid = las_grid()
+    rng = np.random.default_rng(0)
+    vol = rng.random(grid.shape).astype(np.float32)
+    cfg = PreprocessConfig(reorient=True)
+    work = working_grid(grid, cfg)
+    assert "".join(nib.aff2axcodes(work.affine)) == "RAS" and work.shape == grid.shape
+    moved = resample(vol, grid, work, order=1)
+    np.testing.assert_allclose(moved, vol[::-1], atol=1e-6)  # the first axis flipped, nothing interpolated
+    np.testing.assert_allclose(to_input_grid(moved, grid, cfg), np.clip(vol, 0, 1), atol=1e-6)
+
+
+def test_resampling_keeps_the_field_of_view_and_returns_to_the_input_grid():
+    grid = Grid((20, 20, 4), np.diag([0.9, 0.9, 7.0, 1.0]), (0.9, 0.9, 7.0))
+    cfg = PreprocessConfig(spacing=(1.0, 1.0, 1.0))
+    work = working_grid(grid, cfg)
+    assert work.shape == (18, 18, 28) and work.zooms == (1.0, 1.0, 1.0)
+    # the field of view's centre stays where it was
+    centre = lambda g: g.affine[:3, :3] @ ((np.asarray(g.shape) - 1) / 2) + g.affine[:3, 3]  # noqa: E731
+    np.testing.assert_allclose(centre(work), centre(grid), atol=1e-6)
+    # a smooth probability map survives the round trip
+    i, j, k = np.meshgrid(*[np.linspace(0, 1, n) for n in work.shape], indexing="ij")
+    prob = (0.25 + 0.5 * i * j).astype(np.float32)
+    back = to_input_grid(prob, grid, cfg)
+    assert back.shape == grid.shape and back.dtype == np.float32
+    assert np.abs(back[2:-2, 2:-2, 1:-1] - back[2:-2, 2:-2, 1:-1].mean()).max() < 0.5  # sane values inside
+    assert 0.2 < float(back[5:15, 5:15, 1:3].mean()) < 0.8
+
+
+def test_prepare_is_the_identity_when_off():
+    grid = las_grid()
+    image = np.ones((*grid.shape, 2), np.float32)
+    prepared = prepare(image, None, grid, PreprocessConfig())
+    assert prepared.image is image and prepared.grid is grid
+
+
+def test_brain_extraction_removes_skull_and_scalp():
+    brain_only = generate_case("h", 3, (64, 64, 64), 5)
+    head = with_head(brain_only, seed=3)
+    truth = np.pad(brain_only.flair > 0, 14)
+    mask = brain_mask(head.flair, (1.0, 1.0, 1.0))
+    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.97, dice
+    scalp_bright = head.flair > 800
+    assert not (mask & scalp_bright & ~truth).any()
+
+
+def test_n4_removes_a_smooth_bias_field():
+    rng = np.random.default_rng(1)
+    shape = (40, 40, 40)
+    tissue = np.full(shape, 500.0, np.float32) + rng.normal(0, 5, shape).astype(np.float32)
+    i = np.linspace(-1, 1, shape[0])[:, None, None]
+    biased = (tissue * np.exp(0.3 * i)).astype(np.float32)
+    mask = np.ones(shape, bool)
+    corrected = bias_correct(biased, mask, (1.0, 1.0, 1.0))
+    cv = lambda x: float(x.std() / x.mean())  # noqa: E731
+    assert cv(corrected) < 0.5 * cv(biased), (cv(biased), cv(corrected))
+
+
+def test_config_checks_spacing():
+    with pytest.raises(LesionsegError, match="preprocess.spacing"):
+        PreprocessConfig(spacing=(1.0, 0.0, 1.0))
+    with pytest.raises(LesionsegError, match="preprocess.reorient"):
+        PreprocessConfig(reorient="yes")  # type: ignore[arg-type]
+
+
+def test_thick_slices_command_keeps_image_and_truth_on_one_grid(samples_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copytree(samples_dir / "sample01", data / "sample01")
+    out = tmp_path / "thick"
+    assert main(["thick-slices", "--data", str(data), "--out", str(out), "--slice-mm", "6", "--gap-mm", "1"]) == 0
+    flair = nib.load(out / "sample01" / "flair.nii.gz")
+    mask = nib.load(out / "sample01" / "lesion_mask.nii.gz")
+    assert np.allclose(flair.header.get_zooms()[:3], (0.9, 0.9, 7.0), atol=1e-4)
+    assert flair.shape == mask.shape and np.allclose(flair.affine, mask.affine)
+    src = nib.load(samples_dir / "sample01" / "lesion_mask.nii.gz")
+    before = float(np.asarray(src.dataobj).sum())  # 1 mm³ voxels
+    after = float(np.asarray(mask.dataobj).sum()) * 0.9 * 0.9 * 7.0
+    assert 0.3 * before < after < 2.0 * before, (before, after)
+    grid = Grid(src.shape, src.affine, (1.0, 1.0, 1.0))
+    assert thick_slice_grid(grid, 6.0, 0.9, 1.0).shape == flair.shape
+
+
+@pytest.mark.slow
+def test_a_preprocessing_model_predicts_raw_heads_and_thick_slices_on_their_own_grids(samples_dir, tmp_path):
+    """Train with [preprocess] on; infer on skull-on heads (RAS and LAS) and thick slices: outputs on each input grid."""
+    train_data = tmp_path / "train"
+    train_data.mkdir()
+    for case in ("sample01", "sample02", "sample03"):
+        shutil.copytree(samples_dir / case, train_data / case)
+    run = tmp_path / "run"
+    sets = ["--set", "preprocess.reorient=true", "--set", "preprocess.spacing=[1,1,1]",
+            "--set", "preprocess.brain_extraction=true", "--set", "preprocess.bias_correction=true",
+            "--set", "train.val_cases=[sample03]"]
+    assert main(["train", "--config", SMOKE_CONFIG, "--data", str(train_data), "--out", str(run), *sets]) == 0
+
+    heads = tmp_path / "heads"
+    assert main(["samples", "--head", "--out", str(heads)]) == 0
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for case in ("sample01", "sample04"):  # RAS and LAS
+        shutil.copytree(heads / case, raw / case)
+    assert main(["thick-slices", "--data", str(raw), "--out", str(tmp_path / "thick"), "--slice-mm", "6"]) == 0
+    for case in ("sample01", "sample04"):
+        shutil.copytree(tmp_path / "thick" / case, raw / f"{case}_thick")
+    pred = tmp_path / "pred"
+    assert main(["infer", "--model", str(run), "--input", str(raw), "--out", str(pred)]) == 0
+    for case_dir in sorted(raw.iterdir()):
+        given = nib.load(case_dir / "flair.nii.gz")
+        for kind in ("prob", "pred"):
+            out = nib.load(pred / f"{case_dir.name}_{kind}.nii.gz")
+            assert out.shape == given.shape, (case_dir.name, kind)
+            np.testing.assert_array_equal(out.affine, given.affine)
+        prob = np.asarray(nib.load(pred / f"{case_dir.name}_prob.nii.gz").dataobj)
+        assert np.isfinite(prob).all() and prob.min() >= 0 and prob.max() <= 1
+        # brain extraction: nothing predicted in the air around the head
+        assert prob[:3].max() == 0 and prob[-3:].max() == 0
+    assert "LAS" == "".join(nib.aff2axcodes(nib.load(raw / "sample04" / "flair.nii.gz").affine))
