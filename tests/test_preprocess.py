@@ -144,3 +144,43 @@ def test_a_preprocessing_model_predicts_raw_heads_and_thick_slices_on_their_own_
         # brain extraction: nothing predicted in the air around the head
         assert prob[:3].max() == 0 and prob[-3:].max() == 0
     assert "LAS" == "".join(nib.aff2axcodes(nib.load(raw / "sample04" / "flair.nii.gz").affine))
+
+
+def test_thick_slice_augmentation_blurs_across_slices_only():
+    from lesionseg.sampling.augment import thick_slices
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((16, 16, 32, 1), np.float32)
+    image[..., ::2, 0] = 1.0  # stripes across axis 2: the finest detail along the slice axis
+    image[..., 1::2, 0] = -1.0
+    image[:2] = 0.0  # background
+    out = thick_slices(rng, image, (4.0, 6.0), axis=2)
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert (out[:2] == 0).all()  # background stays 0
+    assert np.abs(out[4:, :, 6:-6]).max() < 0.3  # the stripes are gone across slices
+    in_plane = np.ones((16, 16, 32, 1), np.float32)
+    in_plane[::2] = 2.0  # stripes along axis 0 (in plane) survive
+    kept = thick_slices(np.random.default_rng(1), in_plane, (6.0, 6.0), axis=2)
+    np.testing.assert_allclose(kept, in_plane, atol=1e-5)
+
+
+def test_thick_slice_augmentation_is_off_by_default_and_keeps_the_mask():
+    from lesionseg.config import AugmentConfig
+    from lesionseg.sampling.augment import augment_patch
+
+    rng_image = np.random.default_rng(2).standard_normal((8, 8, 8, 2)).astype(np.float32)
+    mask = (rng_image[..., 0] > 1).astype(np.uint8)
+    plain = augment_patch(np.random.default_rng(5), rng_image, mask, AugmentConfig())
+    again = augment_patch(np.random.default_rng(5), rng_image, mask, AugmentConfig(thick_slice_probability=0.0))
+    np.testing.assert_array_equal(plain[0], again[0])
+    thick_image, thick_mask = augment_patch(np.random.default_rng(5), rng_image, mask,
+                                            AugmentConfig(flip_axes=(), thick_slice_probability=1.0))
+    np.testing.assert_array_equal(thick_mask, mask)
+    assert not np.allclose(thick_image, rng_image)
+    with pytest.raises(LesionsegError, match="augment.thick_slice_mm"):
+        AugmentConfig(thick_slice_mm=(0.5, 3.0))
+
+
+def test_brain_extraction_keeps_an_already_stripped_brain(samples_dir):
+    flair = np.asarray(nib.load(samples_dir / "sample01" / "flair.nii.gz").dataobj, np.float32)
+    np.testing.assert_array_equal(brain_mask(flair, (1.0, 1.0, 1.0)), flair > 0)

@@ -229,6 +229,15 @@ class AugmentConfig:
         the costliest augmentation (a normal draw per voxel).
     rotate90 : bool
         Random 90° rotations in the axial plane.
+    thick_slice_probability : float
+        Share of patches made to look like a thick-slice clinical acquisition resampled to the
+        working grid (:func:`lesionseg.sampling.augment.thick_slices`): the image (not the mask)
+        blurred along ``thick_slice_axis`` with a slice profile of a thickness drawn from
+        ``thick_slice_mm``, sampled every slice and interpolated back.  0 = off.
+    thick_slice_mm : tuple of float
+        Range of slice thickness, in voxels of the working grid (mm on a 1 mm grid).
+    thick_slice_axis : int
+        The patch axis across slices (2: axial slices of a RAS volume).
     """
 
     flip_axes: tuple[int, ...] = (0, 1, 2)
@@ -237,6 +246,9 @@ class AugmentConfig:
     noise_std: float = 0.0
     noise_probability: float = 1.0
     rotate90: bool = False
+    thick_slice_probability: float = 0.0
+    thick_slice_mm: tuple[float, float] = (3.0, 8.0)
+    thick_slice_axis: int = 2
 
     def __post_init__(self) -> None:
         spatial_axes("augment.flip_axes", self.flip_axes)
@@ -244,6 +256,11 @@ class AugmentConfig:
             at_least(f"augment.{name}", getattr(self, name), 0.0)
         require(self.intensity_scale < 1.0, "augment.intensity_scale", "< 1", self.intensity_scale)
         unit_interval("augment.noise_probability", self.noise_probability)
+        unit_interval("augment.thick_slice_probability", self.thick_slice_probability)
+        thick = tuple(self.thick_slice_mm)
+        require(len(thick) == 2 and all(is_number(t) for t in thick) and 1.0 <= thick[0] <= thick[1],
+                "augment.thick_slice_mm", "[low, high] with 1 <= low <= high", thick)
+        require(self.thick_slice_axis in (0, 1, 2), "augment.thick_slice_axis", "0, 1 or 2", self.thick_slice_axis)
 
 
 @dataclass(frozen=True)

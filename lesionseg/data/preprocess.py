@@ -43,6 +43,9 @@ from lesionseg.errors import LesionsegError
 
 log = logging.getLogger(__name__)
 
+#: Share of exact zeros from which an image counts as skull-stripped already.
+ALREADY_STRIPPED_ZERO_SHARE = 0.3
+
 
 def is_active(cfg: PreprocessConfig) -> bool:
     """True when any step is switched on."""
@@ -136,7 +139,8 @@ def bias_correct(channel: np.ndarray, mask: np.ndarray, spacing: tuple[float, ..
 def brain_mask(channel: np.ndarray, spacing: tuple[float, ...], erosion_mm: float = 3.0) -> np.ndarray:
     """The brain of a head: Otsu foreground, cut from skull and scalp by erosion, largest part, grown back.
 
-    A morphological skull strip (no trained weights to download): the head's foreground is
+    A morphological skull strip (no trained weights to download).  An image that is already
+    skull-stripped (at least 30 % exact zeros) keeps its non-zero region.  Otherwise the head's foreground is
     thresholded (Otsu, scikit-image), eroded by ``erosion_mm`` so that the thin dark skull and CSF
     layers separate the brain from the scalp, the largest connected part is kept, dilated back by
     the same amount inside the foreground, and its holes (ventricles) filled.
@@ -161,6 +165,8 @@ def brain_mask(channel: np.ndarray, spacing: tuple[float, ...], erosion_mm: floa
     values = x[x > 0]
     if values.size == 0:
         raise LesionsegError("brain extraction: the image is empty")
+    if float(np.mean(x == 0)) >= ALREADY_STRIPPED_ZERO_SHARE:
+        return x > 0  # skull-stripped already (most of the volume is exact zeros): keep its brain
     head = x > threshold_otsu(values)
     radius = [max(1, int(round(erosion_mm / float(s)))) for s in spacing]
     ball = _ellipsoid_structure(radius)

@@ -3,7 +3,9 @@
 Spatial changes (flips, axial 90° rotations) are applied to image and mask
 alike; voxel-wise intensity changes (per-channel scaling and shift, Gaussian noise) to
 the image only, and only inside the non-zero region, so the background stays
-exactly 0 as in the normalised volumes inference sees.  Everything is plain
+exactly 0 as in the normalised volumes inference sees.  :func:`thick_slices` makes a
+patch look like a thick-slice clinical scan resampled to the working grid (the mask keeps
+its full resolution: the model learns to find the lesion the thick slices blurred).  Everything is plain
 numpy on one patch, driven by an explicit :class:`numpy.random.Generator`;
 the same generator state gives the same result.
 """
@@ -87,6 +89,57 @@ def intensity_jitter(
     return out
 
 
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+
+def thick_slices(rng: np.random.Generator, image: np.ndarray, thickness: tuple[float, float], axis: int) -> np.ndarray:
+    """A patch as a thick-slice acquisition would show it after resampling to the working grid.
+
+    A thickness ``t`` (voxels) is drawn uniformly from ``thickness``; the image is blurred along
+    ``axis`` with a Gaussian slice profile of FWHM ``t``, kept only at slices ``t`` apart (a random
+    phase), and linearly interpolated back between them.  Voxels that were 0 in every channel
+    stay 0.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Random source.
+    image : numpy.ndarray
+        (d, h, w, C) float32 patch.
+    thickness : tuple of float
+        Range of slice thickness in voxels.
+    axis : int
+        Spatial axis across slices.
+
+    Returns
+    -------
+    numpy.ndarray
+        (d, h, w, C) float32, a new array.
+    """
+    from scipy import ndimage  # local: only this augmentation needs it
+
+    t = float(rng.uniform(thickness[0], thickness[1]))
+    inside = np.any(image != 0, axis=-1)
+    blurred = ndimage.gaussian_filter1d(image, t * FWHM_TO_SIGMA, axis=axis, mode="nearest")
+    n = image.shape[axis]
+    phase = float(rng.uniform(0.0, t))
+    centres = np.arange(phase, n, t)
+    if centres.size < 2:
+        centres = np.array([min(phase, n - 1.0), n - 1.0])
+    lo = np.clip(np.floor(centres).astype(int), 0, n - 1)
+    kept = np.take(blurred, lo, axis=axis)  # the acquired slices
+    pos = np.clip((np.arange(n) - centres[0]) / t, 0.0, centres.size - 1.0)
+    left = np.floor(pos).astype(int)
+    right = np.minimum(left + 1, centres.size - 1)
+    w = (pos - left).astype(np.float32)
+    shape = [1] * image.ndim
+    shape[axis] = n
+    w = w.reshape(shape)
+    out = np.take(kept, left, axis=axis) * (1 - w) + np.take(kept, right, axis=axis) * w
+    out *= inside[..., np.newaxis]
+    return out.astype(np.float32, copy=False)
+
+
 def augment_patch(
     rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, cfg: AugmentConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -116,4 +169,6 @@ def augment_patch(
         # reads the flipped/rotated view once and writes a fresh contiguous array
         noise = cfg.noise_std if cfg.noise_std > 0 and rng.random() < cfg.noise_probability else 0.0
         image = intensity_jitter(rng, image, cfg.intensity_scale, cfg.intensity_shift, noise)
+    if cfg.thick_slice_probability > 0 and rng.random() < cfg.thick_slice_probability:
+        image = thick_slices(rng, image, tuple(cfg.thick_slice_mm), cfg.thick_slice_axis)  # type: ignore[arg-type]
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
