@@ -13,9 +13,12 @@ SET    ?=
 LESIONSEG := $(BIN)/lesionseg
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo check patches train infer tune evaluate compare samples bench clean train-ms crossval-ms study-ms study-summary lopo-ms verify-ms
+.PHONY: install niivue test demo check patches train infer tune evaluate compare samples bench clean train-ms crossval-ms study-ms study-summary lopo-ms verify-ms
 
-install: $(STAMP)  ## create the virtual environment and install lesionseg (+ test tools)
+install: $(STAMP) niivue  ## create the virtual environment and install lesionseg (+ test tools, the report's viewer)
+
+niivue: $(STAMP)  ## fetch the pinned NiiVue viewer for report.html (npm; without it reports have no 3D viewer)
+	-@$(BIN)/python -m lesionseg.evaluation.niivue_asset
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

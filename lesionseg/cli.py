@@ -156,6 +156,16 @@ def _add_samples(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head", action="store_true", help="inside a head: skull and scalp around the brain")
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="rebuild REPORT/report.html (3D viewer, sortable lesion tables) from an evaluation report",
+        description="Write REPORT/report.html again from REPORT's CSVs and its report_files/ (written by "
+        "lesionseg evaluate): e.g. after installing NiiVue, or with a newer lesionseg.",
+    )
+    p.add_argument("report", type=Path, help="report folder written by lesionseg evaluate")
+
+
 def _add_thick_slices(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "thick-slices",
@@ -212,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_samples(sub)
     _add_study(sub)
     _add_thick_slices(sub)
+    _add_report(sub)
     return parser
 
 
@@ -321,6 +332,16 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    for name in ("summary.csv", "cases.csv", "lesions.csv"):
+        if not (args.report / name).is_file():
+            raise LesionsegError(f"{args.report / name}: missing; is {args.report} a report of lesionseg evaluate?")
+    from lesionseg.evaluation.html_report import build_report
+
+    log.info("report page: %s", build_report(args.report))
+    return 0
+
+
 def cmd_thick_slices(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from lesionseg.data.simulate import write_thick_slices
@@ -368,6 +389,9 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.command == "tune":  # writes tuning.json into the run folder
         check_output_folder(args.model)
         return
+    if args.command == "report":  # rewrites report.html in the report folder
+        check_output_folder(args.report)
+        return
     out = getattr(args, "out", None)
     if out is None:
         return
@@ -387,6 +411,7 @@ COMMANDS = {
     "samples": cmd_samples,
     "study": cmd_study,
     "thick-slices": cmd_thick_slices,
+    "report": cmd_report,
 }
 
 

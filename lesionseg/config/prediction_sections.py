@@ -119,6 +119,9 @@ class EvaluateConfig:
         Dilation iterations of the truth mask for the ``brats`` criterion.
     overlays : bool
         Also write PNG overlays (TP green, FN red, FP yellow).
+    html : bool
+        Also write ``report.html`` with a 3D viewer per case and sortable lesion tables
+        (:mod:`lesionseg.evaluation.html_report`).
     """
 
     criterion: str = "any"
@@ -130,6 +133,7 @@ class EvaluateConfig:
     iou_threshold: float = 0.5
     brats_dilation: int = 1
     overlays: bool = False
+    html: bool = True
 
     def __post_init__(self) -> None:
         one_of("evaluate.criterion", self.criterion, CRITERIA)

@@ -21,6 +21,7 @@ import numpy as np
 from lesionseg.config import Config
 from lesionseg.data import io
 from lesionseg.errors import DataError, LesionsegError
+from lesionseg.evaluation.html_report import FILES_DIR, build_report, write_case_data
 from lesionseg.evaluation.lesions import evaluate_case, lesion_status_map
 from lesionseg.evaluation.overlays import write_overlay
 from lesionseg.evaluation.report import summary_table, write_reports
@@ -135,22 +136,28 @@ def _pair_cases(pred_dir: Path, truth_dir: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _evaluate_pair(case_dir: Path, pred_path: Path, config: Config, overlay_dir: Path | None) -> CaseEvaluation:
-    """Evaluate one case (and draw its overlay into ``overlay_dir`` when given)."""
+def _evaluate_pair(
+    case_dir: Path, pred_path: Path, config: Config, overlay_dir: Path | None, page_dir: Path | None = None
+) -> CaseEvaluation:
+    """Evaluate one case (its overlay into ``overlay_dir``, its viewer volumes into ``page_dir``, when given)."""
     cfg = config.evaluate
     mask_path = io.require_file(case_dir, config.data.mask, "mask")
     truth, truth_img = io.read_mask(mask_path, config.data.mask_values)
     grid = io.grid_of(truth_img)
     pred = read_prediction(pred_path, grid, mask_path, config.data.affine_tolerance)
-    if overlay_dir is None:
+    if overlay_dir is None and page_dir is None:
         return evaluate_case(truth, pred, grid.zooms, cfg, case_dir.name)
     status, ev = lesion_status_map(truth, pred, grid.zooms, cfg, case_dir.name)
-    write_overlay(
-        overlay_dir / f"{case_dir.name}.png",
-        status,
-        _background(case_dir, config, truth.shape),
-        title=f"{case_dir.name}: TP {ev.TP}  FN {ev.FN}  FP {ev.FP}  ({cfg.criterion})",
-    )
+    background = _background(case_dir, config, truth.shape)
+    if overlay_dir is not None:
+        write_overlay(
+            overlay_dir / f"{case_dir.name}.png",
+            status,
+            background,
+            title=f"{case_dir.name}: TP {ev.TP}  FN {ev.FN}  FP {ev.FP}  ({cfg.criterion})",
+        )
+    if page_dir is not None:
+        write_case_data(page_dir, case_dir.name, status, background, grid.affine)
     return ev
 
 
@@ -198,27 +205,35 @@ def evaluate_folder(
     if not allow_mixed:
         check_single_source(pred_dir, [case_dir.name for case_dir, _ in pairs])
     overlay_tmp = out_dir / f".overlays.tmp-{uuid.uuid4().hex[:8]}" if cfg.overlays else None
+    page_tmp = out_dir / f".report_files.tmp-{uuid.uuid4().hex[:8]}" if cfg.html else None
     created = not out_dir.exists()
     evaluations: list[CaseEvaluation] = []
     done = False
     try:
         for n, (case_dir, pred_path) in enumerate(pairs, 1):
-            ev = _evaluate_pair(case_dir, pred_path, config, overlay_tmp)
+            ev = _evaluate_pair(case_dir, pred_path, config, overlay_tmp, page_tmp)
             evaluations.append(ev)
             log.info(
                 "[%d/%d] %s: GT %d, TP %d, FN %d, FP %d, lesion F1 %s, Dice %s",
                 n, len(pairs), ev.case, ev.GT, ev.TP, ev.FN, ev.FP, _fmt(ev.lesion_f1), _fmt(ev.dice),
             )  # fmt: skip
         write_reports(evaluations, out_dir, cfg)
-        if overlay_tmp is not None:
-            final = out_dir / "overlays"
+        # write_case_data put the page's volumes in page_tmp/report_files
+        moves = [(overlay_tmp, "overlays"), (page_tmp / FILES_DIR if page_tmp else None, FILES_DIR)]
+        for tmp, name in moves:
+            if tmp is None or not tmp.exists():
+                continue
+            final = out_dir / name
             if final.exists():
                 shutil.rmtree(final)
-            overlay_tmp.rename(final)
+            tmp.rename(final)
+        if page_tmp is not None:
+            build_report(out_dir)
         done = True
     finally:
-        if overlay_tmp is not None and overlay_tmp.exists():
-            shutil.rmtree(overlay_tmp)
+        for tmp in (overlay_tmp, page_tmp):
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp)
         if not done and created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # leave nothing behind on failure
     summary = summary_table(evaluations, cfg).iloc[0]
