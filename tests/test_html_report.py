@@ -171,3 +171,14 @@ def test_report_in_headless_chromium(samples_dir, tmp_path):
     assert pixels.std() > 0.05  # the slices are drawn, not a blank canvas
     green = (pixels[..., 1] > 0.5) & (pixels[..., 0] < 0.4) & (pixels[..., 2] < 0.4)
     assert green.sum() > 10  # TP lesions painted in green
+
+
+def test_compare_page_links_each_runs_report(tmp_path):
+    data, pred = _labelled(tmp_path)
+    for name in ("run_a", "run_b"):
+        assert main(["evaluate", "--pred", str(pred), "--truth", str(data), "--out", str(tmp_path / name / "report")]) == 0
+    out = tmp_path / "tables" / "compare.csv"
+    assert main(["compare", str(tmp_path / "run_a" / "report"), str(tmp_path / "run_b" / "report"),
+                 "--out", str(out)]) == 0
+    page = (tmp_path / "tables" / "compare.html").read_text()
+    assert 'href="../run_a/report/report.html"' in page and 'href="../run_b/report/report.html"' in page

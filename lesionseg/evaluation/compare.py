@@ -107,7 +107,35 @@ def compare_reports(report_dirs: Sequence[Path], out_csv: Path) -> pd.DataFrame:
             )  # fmt: skip
     with writing.atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
+    write_compare_page(table, [Path(r["_path"]) for r in rows], Path(out_csv).with_suffix(".html"))
     return table
+
+
+def write_compare_page(table: pd.DataFrame, report_dirs: Sequence[Path], path: Path) -> Path:
+    """The comparison as an HTML table beside the CSV, each run linked to its ``report.html`` (when it has one)."""
+    import html
+    import os
+
+    columns = list(table.columns)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = []
+    for (_, row), folder in zip(table.iterrows(), report_dirs):
+        page = folder / "report.html"
+        cells = []
+        for c in columns:
+            text = html.escape(_cell(row[c]))
+            if c == "run" and page.is_file():
+                href = Path(os.path.relpath(page.resolve(), Path(path).resolve().parent)).as_posix()
+                text = f'<a href="{html.escape(href)}">{text}</a>'
+            cells.append(f"<td>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    page_html = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>lesionseg comparison</title>"
+                 "<style>body{font-family:sans-serif}table{border-collapse:collapse}th,td{border:1px solid #ccc;"
+                 "padding:2px 6px;text-align:right}</style></head><body><h1>lesionseg comparison</h1>"
+                 f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></body></html>\n")
+    with writing.atomic_path(path) as tmp:
+        tmp.write_text(page_html, encoding="utf-8")
+    return path
 
 
 def _cell(value: object) -> str:

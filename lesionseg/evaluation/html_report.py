@@ -233,12 +233,14 @@ def build_report(report_dir: Path) -> Path:
   <p>GT {int(r.GT)} · TP {int(r.TP)} · FP {int(r.FP)} · FN {int(r.FN)} · lesion F1 {_fmt(r.lesion_f1)} · Dice {_fmt(r.dice)}</p>
   {_case_svg(pd.Series(r._asdict()))}
   {button}
-  <div class="viewer"><canvas id="gl-{html.escape(case)}" width="640" height="480"></canvas></div>
-  <table class="lesions" data-case="{html.escape(case)}"><thead><tr>
+  <div class="case-body">
+  <div class="table-box"><table class="lesions" data-case="{html.escape(case)}"><thead><tr>
     <th data-key="id">id</th><th data-key="source">source</th><th data-key="volume_mm3">volume mm³</th>
     <th data-key="status">status</th><th data-key="matched">matched ids</th><th data-key="split">split</th>
     <th data-key="merge">merge</th><th data-key="voxel">centroid voxel</th><th data-key="world_mm">centroid mm</th>
-  </tr></thead><tbody></tbody></table>
+  </tr></thead><tbody></tbody></table></div>
+  <div class="viewer"><canvas id="gl-{html.escape(case)}" width="560" height="480"></canvas></div>
+  </div>
 </section>""")
     page = _TEMPLATE.format(
         title=html.escape(report_dir.name),
@@ -267,7 +269,9 @@ th, td {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
 th[data-key] {{ cursor: pointer; background: #f3f3f3; }}
 tbody tr {{ cursor: pointer; }} tbody tr:hover {{ background: #eef; }}
 .swatch {{ display: inline-block; width: 10px; height: 10px; margin-right: 4px; }}
-.viewer canvas {{ width: 640px; height: 480px; display: none; background: #000; }}
+.case-body {{ display: flex; gap: 1em; align-items: flex-start; }}
+.table-box {{ max-height: 480px; overflow-y: auto; }}
+.viewer canvas {{ width: 560px; height: 480px; display: none; background: #000; }}
 .case {{ border-top: 1px solid #aaa; margin-top: 1.5em; }}
 .note {{ color: #a60; }}
 </style>
