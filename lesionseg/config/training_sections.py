@@ -238,6 +238,14 @@ class AugmentConfig:
         Range of slice thickness, in voxels of the working grid (mm on a 1 mm grid).
     thick_slice_axis : int
         The patch axis across slices (2: axial slices of a RAS volume).
+    transplant_probability : float
+        Share of patches that receive the lesions of a donor mask at the same voxels, painted with
+        the exam's own lesion contrast (:mod:`lesionseg.sampling.transplant`).  0 = off.
+    transplant_masks : str
+        Folder of donor lesion masks on the training exams' grid (e.g. ``../shared/data/lesjak_masks``).
+    transplant_exclude : tuple of str
+        Regular expressions; donor files whose name matches one are left out (the patients
+        trained or evaluated on, e.g. ``["patient07", "patient19"]``).
     """
 
     flip_axes: tuple[int, ...] = (0, 1, 2)
@@ -249,6 +257,9 @@ class AugmentConfig:
     thick_slice_probability: float = 0.0
     thick_slice_mm: tuple[float, float] = (3.0, 8.0)
     thick_slice_axis: int = 2
+    transplant_probability: float = 0.0
+    transplant_masks: str = ""
+    transplant_exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         spatial_axes("augment.flip_axes", self.flip_axes)
@@ -261,6 +272,15 @@ class AugmentConfig:
         require(len(thick) == 2 and all(is_number(t) for t in thick) and 1.0 <= thick[0] <= thick[1],
                 "augment.thick_slice_mm", "[low, high] with 1 <= low <= high", thick)
         require(self.thick_slice_axis in (0, 1, 2), "augment.thick_slice_axis", "0, 1 or 2", self.thick_slice_axis)
+        unit_interval("augment.transplant_probability", self.transplant_probability)
+        if self.transplant_probability > 0:
+            require(isinstance(self.transplant_masks, str) and bool(self.transplant_masks), "augment.transplant_masks",
+                    "a folder of donor masks when augment.transplant_probability > 0", self.transplant_masks)
+        for pattern in self.transplant_exclude:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise LesionsegError(f"config augment.transplant_exclude {pattern!r}: invalid regular expression ({exc})") from None
 
 
 @dataclass(frozen=True)

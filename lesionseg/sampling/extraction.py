@@ -27,6 +27,7 @@ import numpy as np
 
 SAMPLE_STREAM = 0
 AUGMENT_STREAM = 1
+TRANSPLANT_STREAM = 2
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def extract_patch(volume: np.ndarray, corner: Sequence[int], size: Sequence[int]
 
 
 def patch_rng(seed: int, epoch: int, index: int, stream: int = SAMPLE_STREAM) -> np.random.Generator:
-    """The generator of patch ``index`` of ``epoch`` (stream 0 sampling, 1 augmentation)."""
+    """The generator of patch ``index`` of ``epoch`` (stream 0 sampling, 1 augmentation, 2 transplantation)."""
     return np.random.default_rng([int(seed), int(epoch), int(index), int(stream)])
 
 

@@ -31,16 +31,18 @@ import keras
 import nibabel as nib
 import numpy as np
 
-from lesionseg.sampling.augment import augment_patch
 from lesionseg.config import AugmentConfig, Config, PatchConfig
 from lesionseg.data.io import Grid, read_case
 from lesionseg.data.labels import check_connectivity
 from lesionseg.data.normalize import foreground_mask, normalize_image, saturated_fraction
-from lesionseg.sampling.extraction import AUGMENT_STREAM, PatchSpec, extract_patch, patch_rng
 from lesionseg.data.preprocess import prepare
+from lesionseg.errors import LesionsegError
+from lesionseg.sampling.augment import augment_patch
+from lesionseg.sampling.extraction import AUGMENT_STREAM, TRANSPLANT_STREAM, PatchSpec, extract_patch, patch_rng
 from lesionseg.sampling.hard_negatives import hard_negative_voxels
 from lesionseg.sampling.lesion_table import LesionTable, index_lesions
 from lesionseg.sampling.sampler import PatchSampler
+from lesionseg.sampling.transplant import DonorMasks, lesion_contrast, transplant
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +270,17 @@ class PatchSequence(keras.utils.PyDataset):
         self.seed = int(seed)
         self.n_channels = n_channels.pop()
         self.epoch = 0
+        self.donors: DonorMasks | None = None
+        self.contrasts: list[tuple[np.ndarray, np.ndarray] | None] = []
+        if self.do_augment and augment_cfg.transplant_probability > 0:
+            self.donors = DonorMasks.from_folder(augment_cfg.transplant_masks, tuple(augment_cfg.transplant_exclude))
+            for c in self.cases:
+                if tuple(c.mask.shape) != tuple(self.donors.shape):
+                    raise LesionsegError(
+                        f"{c.case_id}: grid {tuple(c.mask.shape)} differs from the donor masks' {self.donors.shape} "
+                        f"({augment_cfg.transplant_masks}); transplanted lesions must sit at the same voxels"
+                    )
+            self.contrasts = [lesion_contrast(c.image, c.mask) for c in self.cases]
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -281,6 +294,12 @@ class PatchSequence(keras.utils.PyDataset):
         epoch = self.epoch if epoch is None else epoch
         spec = self.sampler.spec(self.seed, epoch, index)
         image, mask = cut_patch(self.cases[spec.case], spec)
+        if self.donors is not None and self.contrasts[spec.case] is not None:
+            rng = patch_rng(self.seed, epoch, index, TRANSPLANT_STREAM)
+            if rng.random() < self.augment_cfg.transplant_probability:
+                names = self.donors.names
+                donor = self.donors.cut(names[int(rng.integers(len(names)))], spec.corner, spec.size)
+                image, mask = transplant(rng, image, mask, donor, self.contrasts[spec.case])  # type: ignore[arg-type]
         if self.do_augment:
             rng = patch_rng(self.seed, epoch, index, AUGMENT_STREAM)
             image, mask = augment_patch(rng, image, mask, self.augment_cfg)

@@ -34,6 +34,9 @@ def check_training_data(config: Config, data_dir: Path) -> TrainingData:
     case_dirs = labelled_case_dirs(config, data_dir)
     split = split_cases([d.name for d in case_dirs], cfg.val_fraction, cfg.val_cases, config.data.group_pattern, cfg.seed)
     require_readable(case_dirs, config.data, with_mask=True)
+    augment = config.augment
+    if augment.transplant_probability > 0 and not Path(augment.transplant_masks).is_dir():
+        raise DataError(f"{augment.transplant_masks}: transplant donor folder not found (augment.transplant_masks)")
     return TrainingData(config, data_dir, case_dirs, split)
 
 
