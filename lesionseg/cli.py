@@ -94,7 +94,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
         help="sliding-window inference on whole volumes",
         description="Predict every case with overlapping windows (probabilities averaged "
         "before the decision). Writes PRED/<case>_prob.nii.gz (float32) and "
-        "PRED/<case>_pred.nii.gz (uint8) on the input grid.",
+        "PRED/<case>_pred.nii.gz (uint8) on the input grid, PRED/<case>_record.json, and "
+        "PRED/cohort.csv (lesion count and volumes per exam, appended as exams finish).",
     )
     p.add_argument("--model", type=Path, required=True, help="run folder (with model.keras and config.yaml)")
     p.add_argument("--input", type=Path, required=True, help="data folder or one case folder")
@@ -102,6 +103,11 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="predict every case again (default: keep the cases this model and these settings "
                    "already predicted into PRED)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="an exam that cannot be read or predicted goes to PRED/failures.csv and the others go on "
+                   "(exit 1 at the end when any failed); default: the first bad exam stops the run before any work")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="predict only the exams listed in PRED/failures.csv (implies --keep-going)")
     _add_config_args(p, "config whose [infer] section overrides the run's")
 
 
@@ -291,7 +297,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     config = _run_config(args)
     from lesionseg.inference.infer import run_inference
 
-    outputs = run_inference(args.model, config, args.input, args.out, force=args.force)
+    outputs = run_inference(args.model, config, args.input, args.out, force=args.force, keep_going=args.keep_going,
+                            retry_failed=args.retry_failed)
     log.info("%d case(s) predicted into %s", len(outputs), args.out)
     return 0
 

@@ -40,6 +40,15 @@ from lesionseg.inference.postprocess import (
     read_tuning,
     resolve_decision,
 )
+from lesionseg.inference.cohort import (
+    FAILURES_FILE,
+    Failure,
+    append_cohort_row,
+    cohort_row,
+    compact_cohort,
+    read_failed_cases,
+    write_failures,
+)
 from lesionseg.inference.predictor import Predictor, model_file
 from lesionseg.inference.sliding_window import Progress
 from lesionseg.logs import setup_logging
@@ -98,8 +107,11 @@ def predict_case(
     tuned: DecisionSettings | None,
     show_progress: bool = True,
     source: Source | None = None,
-) -> Path:
-    """Predict one case folder and write its two outputs (then its record); return the ``_pred`` path."""
+) -> tuple[Path, dict[str, object] | None]:
+    """Predict one case folder and write its two outputs (then its record).
+
+    Returns the ``_pred`` path and, with a ``source``, the case's ``cohort.csv`` row.
+    """
     t0 = time.perf_counter()
     config = predictor.config
     case, prob = case_probability(predictor, case_dir, progress=_window_bar(case_dir.name) if show_progress else None)
@@ -107,16 +119,19 @@ def predict_case(
     out_dir = Path(out_dir)
     writing.write_like(out_dir / f"{case.case_id}_prob.nii.gz", prob, case.affine, case.header, np.float32)
     pred_path = writing.write_like(out_dir / f"{case.case_id}_pred.nii.gz", pred, case.affine, case.header, np.uint8)
+    row = None
     if source is not None:
         threshold, min_mm3 = resolve_decision(config.infer, tuned)
         write_record(out_dir, case.case_id, source, threshold, min_mm3, time.perf_counter() - t0)
+        row = cohort_row(case.case_id, pred, case.grid.zooms, config.infer.connectivity, source,
+                         time.perf_counter() - t0)
     log.info(
         "%s: %d lesion voxel(s) predicted, %.1f s",
         case.case_id,
         int(pred.sum()),
         time.perf_counter() - t0,
     )
-    return pred_path
+    return pred_path, row
 
 
 def _window_bar(case_id: str) -> Callable[[int, int], None]:
@@ -141,10 +156,22 @@ def _threads_per_worker(workers: int) -> int:
     return max(1, min(2, cpus // workers))
 
 
+#: Errors of one exam that --keep-going records and goes past (anything else stops the run).
+CASE_ERRORS = (LesionsegError, OSError, ValueError, EOFError, MemoryError)
+
+
 # ---------------------------------------------------------------- the stage
 
 
-def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path, force: bool = False) -> list[Path]:
+def run_inference(
+    run_dir: Path,
+    config: Config,
+    input_path: Path,
+    out_dir: Path,
+    force: bool = False,
+    keep_going: bool = False,
+    retry_failed: bool = False,
+) -> list[Path]:
     """The ``lesionseg infer`` stage.
 
     Parameters
@@ -163,6 +190,13 @@ def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path
         Predict every case again; by default a case whose outputs and record in ``PRED`` come
         from this model and these settings is kept as it is (a rerun after an interruption
         predicts only what is missing).
+    keep_going : bool
+        An exam that cannot be read or predicted is listed in ``PRED/failures.csv`` (case, file,
+        one-line reason) and the others go on; the run then ends with a :class:`LesionsegError`
+        saying how many failed.  Without it the first bad exam stops the run before anything is
+        written.
+    retry_failed : bool
+        Predict only the exams listed in ``PRED/failures.csv`` (implies ``keep_going``).
 
     Returns
     -------
@@ -181,8 +215,18 @@ def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path
     if not model_path.is_file():
         raise LesionsegError(f"{model_path}: missing; is {run_dir} a trained lesionseg run?")
     case_dirs = io.list_cases(input_path)
-    check_channels(case_dirs, config.data.channels, run_dir)
-    require_readable(case_dirs, config.data, with_mask=False)
+    all_ids = [c.name for c in case_dirs]
+    failures: list[Failure] = []
+    if retry_failed:
+        keep_going = True
+        listed = set(read_failed_cases(out_dir))
+        case_dirs = [c for c in case_dirs if c.name in listed]
+        log.info("retrying %d failed case(s) listed in %s", len(case_dirs), out_dir / FAILURES_FILE)
+    if keep_going:
+        case_dirs, failures = _readable_cases(case_dirs, config, run_dir)
+    else:
+        check_channels(case_dirs, config.data.channels, run_dir)
+        require_readable(case_dirs, config.data, with_mask=False)
     tuned = read_tuning(run_dir)
     threshold, min_mm3 = resolve_decision(config.infer, tuned)
     source = Source.of_run(run_dir, model_path, config)
@@ -192,9 +236,51 @@ def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path
                  len(done), out_dir)
     todo = [c for c in case_dirs if c not in done]
     kept = [out_dir / f"{c.name}_pred.nii.gz" for c in done]
-    if not todo:
-        return kept
-    case_dirs = todo
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if todo:
+            kept += _predict(run_dir, config, todo, out_dir, tuned, source, keep_going, failures, threshold, min_mm3)
+    finally:
+        compact_cohort(out_dir, all_ids)
+        if keep_going:
+            write_failures(out_dir, failures)
+    if failures:
+        raise LesionsegError(
+            f"{len(failures)} of {len(failures) + len(kept)} case(s) failed (first: {failures[0].case}: "
+            f"{failures[0].reason}); the others are in {out_dir}; see {out_dir / FAILURES_FILE}, "
+            "rerun with --retry-failed"
+        )
+    return kept
+
+
+def _readable_cases(case_dirs: Sequence[Path], config: Config, run_dir: Path) -> tuple[list[Path], list[Failure]]:
+    """The cases that pass the checks of :func:`require_readable`, and a failure row for each other one."""
+    good, failures = [], []
+    for case_dir in case_dirs:
+        try:
+            check_channels([case_dir], config.data.channels, run_dir)
+            require_readable([case_dir], config.data, with_mask=False)
+        except LesionsegError as exc:
+            failures.append(_failure(case_dir, exc))
+            log.error("%s: skipped (%s)", case_dir.name, exc)
+            continue
+        good.append(case_dir)
+    return good, failures
+
+
+def _failure(case_dir: Path, exc: BaseException) -> Failure:
+    """A failure row: the file named by the error's first word when it is one of the case's, else the folder."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    head = text.split(":", 1)[0]
+    file = head if case_dir.name in head or head.endswith((".nii", ".nii.gz")) else case_dir.name
+    return Failure(case_dir.name, file, text)
+
+
+def _predict(
+    run_dir: Path, config: Config, case_dirs: list[Path], out_dir: Path, tuned: DecisionSettings | None,
+    source: Source, keep_going: bool, failures: list[Failure], threshold: float, min_mm3: float,
+) -> list[Path]:
+    """Predict the cases still to do (serially or in a pool); failures collected when ``keep_going``."""
     workers = max(1, min(int(config.infer.workers), len(case_dirs)))
     log.info(
         "predicting %d case(s) with %s: window %s, overlap %.2f, %s blend, threshold %.3g, "
@@ -209,8 +295,8 @@ def run_inference(run_dir: Path, config: Config, input_path: Path, out_dir: Path
         f", {workers} workers" if workers > 1 else "",
     )
     if workers == 1:
-        return kept + _predict_serial(run_dir, config, case_dirs, out_dir, tuned, source)
-    return kept + _predict_in_pool(run_dir, config, case_dirs, out_dir, workers, source)
+        return _predict_serial(run_dir, config, case_dirs, out_dir, tuned, source, keep_going, failures)
+    return _predict_in_pool(run_dir, config, case_dirs, out_dir, workers, source, keep_going, failures)
 
 
 def _predict_serial(
@@ -220,6 +306,8 @@ def _predict_serial(
     out_dir: Path,
     tuned: DecisionSettings | None,
     source: Source,
+    keep_going: bool = False,
+    failures: list[Failure] | None = None,
 ) -> list[Path]:
     """Every case in this process, the backend on every CPU."""
     configure_backend(_threads_per_worker(1))
@@ -227,12 +315,23 @@ def _predict_serial(
     outputs = []
     for n, case_dir in enumerate(case_dirs, 1):
         log.info("case %d/%d: %s", n, len(case_dirs), case_dir.name)
-        outputs.append(predict_case(predictor, case_dir, out_dir, tuned, source=source))
+        try:
+            path, row = predict_case(predictor, case_dir, out_dir, tuned, source=source)
+        except CASE_ERRORS as exc:
+            if not keep_going or failures is None:
+                raise
+            failures.append(_failure(case_dir, exc))
+            log.error("%s: failed (%s)", case_dir.name, failures[-1].reason)
+            continue
+        outputs.append(path)
+        if row is not None:
+            append_cohort_row(out_dir, row)
     return outputs
 
 
 def _predict_in_pool(
-    run_dir: Path, config: Config, case_dirs: Sequence[Path], out_dir: Path, workers: int, source: Source
+    run_dir: Path, config: Config, case_dirs: Sequence[Path], out_dir: Path, workers: int, source: Source,
+    keep_going: bool = False, failures: list[Failure] | None = None,
 ) -> list[Path]:
     """One case per task in ``workers`` spawned processes, each loading the model once."""
     level = logging.getLogger("lesionseg").getEffectiveLevel()
@@ -246,7 +345,17 @@ def _predict_in_pool(
         outputs = []
         try:
             for n, fut in enumerate(futures, 1):
-                outputs.append(fut.result())
+                try:
+                    path, row = fut.result()
+                except CASE_ERRORS as exc:
+                    if not keep_going or failures is None:
+                        raise
+                    failures.append(_failure(case_dirs[n - 1], exc))
+                    log.error("%s: failed (%s)", case_dirs[n - 1].name, failures[-1].reason)
+                    continue
+                outputs.append(path)
+                if row is not None:
+                    append_cohort_row(out_dir, row)
                 log.info("case %d/%d done: %s", n, len(case_dirs), case_dirs[n - 1].name)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -266,7 +375,7 @@ def _init_worker(run_dir: Path, config: Config, threads: int, log_level: int) ->
     _WORKER.update(run_dir=run_dir, config=config)
 
 
-def _worker_predict(case_dir: Path, out_dir: Path, source: Source) -> Path:
+def _worker_predict(case_dir: Path, out_dir: Path, source: Source) -> tuple[Path, dict[str, object] | None]:
     """Predict one case in a worker (the model is loaded once, on its first case)."""
     if "predictor" not in _WORKER:  # loaded here, not in the initialiser, so errors reach the parent
         _WORKER["predictor"] = Predictor.from_run(_WORKER["run_dir"], _WORKER["config"])

@@ -1,0 +1,102 @@
+"""Cohort runs: failure isolation (--keep-going, failures.csv, --retry-failed), cohort.csv, kill -9 and rerun."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lesionseg.cli import main
+from lesionseg.data.labels import label_components
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = REPO / "pipelines" / "threshold_baseline.toml"
+
+
+@pytest.fixture
+def cohort(samples_dir, tmp_path):
+    """data_samples plus one exam whose FLAIR is truncated; a threshold model to predict them."""
+    data = tmp_path / "data"
+    shutil.copytree(samples_dir, data)
+    broken = data / "broken"
+    shutil.copytree(samples_dir / "sample01", broken)
+    raw = (broken / "flair.nii.gz").read_bytes()
+    (broken / "flair.nii.gz").write_bytes(raw[: len(raw) // 3])
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(BASELINE), "--data", str(samples_dir), "--out", str(run)]) == 0
+    return data, run
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_keep_going_predicts_every_good_exam_and_lists_the_bad_one(cohort, samples_dir, tmp_path, capsys):
+    data, run = cohort
+    pred = tmp_path / "pred"
+    args = ["infer", "--model", str(run), "--input", str(data), "--out", str(pred)]
+    assert main(args) == 1  # default: the bad exam stops the run before any work
+    assert "broken/flair.nii.gz" in capsys.readouterr().err
+    assert not pred.exists() or not any(pred.glob("*_pred.nii.gz"))
+
+    assert main([*args, "--keep-going"]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 9 case(s) failed" in err and "--retry-failed" in err
+    failures = _rows(pred / "failures.csv")
+    assert [f["case"] for f in failures] == ["broken"] and "flair.nii.gz" in failures[0]["file"]
+    good = sorted(p.name for p in samples_dir.iterdir())
+    assert sorted(p.name[: -len("_pred.nii.gz")] for p in pred.glob("*_pred.nii.gz")) == good
+    rows = _rows(pred / "cohort.csv")
+    assert [r["case"] for r in rows] == good
+    for r in rows:  # the counts are those of the written masks
+        img = nib.load(pred / f"{r['case']}_pred.nii.gz")
+        mask = np.asarray(img.dataobj)
+        assert int(r["lesions"]) == label_components(mask, 26)[1]
+        assert abs(float(r["volume_ml"]) - mask.sum() * np.prod(img.header.get_zooms()[:3]) / 1000) < 1e-3
+        assert int(r["n_small"]) + int(r["n_medium"]) + int(r["n_large"]) == int(r["lesions"])
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in pred.glob("*_pred.nii.gz")}
+    assert main([*args, "--keep-going"]) == 1  # a rerun skips every finished exam
+    assert {p.name: p.stat().st_mtime_ns for p in pred.glob("*_pred.nii.gz")} == stamps
+
+    shutil.copyfile(samples_dir / "sample01" / "flair.nii.gz", data / "broken" / "flair.nii.gz")  # repaired
+    assert main([*args, "--retry-failed"]) == 0
+    assert (pred / "broken_pred.nii.gz").is_file() and not (pred / "failures.csv").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in pred.glob("sample*_pred.nii.gz")} == stamps
+    assert len(_rows(pred / "cohort.csv")) == 9
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_rerun_gives_the_clean_runs_outputs(samples_dir, tmp_path):
+    run = tmp_path / "unet"
+    assert main(["train", "--config", str(REPO / "pipelines" / "smoke.toml"), "--data", str(samples_dir),
+                 "--out", str(run)]) == 0
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert main(["infer", "--model", str(run), "--input", str(samples_dir), "--out", str(clean)]) == 0
+    cmd = [sys.executable, "-m", "lesionseg", "infer", "--model", str(run), "--input", str(samples_dir),
+           "--out", str(killed)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(list(killed.glob("*_record.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list(killed.glob("*_record.json")))
+    assert 0 < finished < 8, finished  # killed mid-run
+    assert main(["infer", "--model", str(run), "--input", str(samples_dir), "--out", str(killed)]) == 0
+    assert not [p for p in killed.iterdir() if ".tmp-" in p.name]
+    for path in sorted(clean.glob("*.nii.gz")):
+        a, b = nib.load(path), nib.load(killed / path.name)
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+        np.testing.assert_array_equal(a.affine, b.affine)
+    assert [r["case"] for r in _rows(killed / "cohort.csv")] == [r["case"] for r in _rows(clean / "cohort.csv")]
