@@ -124,13 +124,15 @@ def untuned_predictions(prob_dir: Path, out_dir: Path) -> None:
 
 
 def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, config: Path = CONFIG,
-                       tune_on_train: bool = False, train_backend: str | None = None) -> None:
+                       tune_on_train: bool = False, train_backend: str | None = None,
+                       infer_sets: list[str] | None = None) -> None:
     """Train on the fold's training exams, then (tune,) infer and evaluate its held-out exams.
 
     ``tune_on_train`` tunes the decision on the training exams (leave-one-patient-out: the held-out
     exam never influences its own threshold) instead of the held-out ones.  ``train_backend`` trains
     under that Keras backend (``torch`` trains about 2x faster than TensorFlow on this CPU); tuning,
-    inference and evaluation always run as a user's would, on the default backend.
+    inference and evaluation always run as a user's would, on the default backend.  ``infer_sets``
+    are ``--set`` overrides of ``tune`` and ``infer`` (e.g. ``infer.overlap=0.25``).
     """
     train_cases, val_cases = split(fold)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -142,9 +144,12 @@ def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, co
     if not (run_dir / "model.keras").is_file():
         run([*LESIONSEG, "train", "--config", str(config), "--data", str(train_dir), "--out", str(run_dir), *extra],
             log, backend=train_backend)
+    isets = [x for s in (infer_sets or []) for x in ("--set", s)]
     if tune:
-        run([*LESIONSEG, "tune", "--model", str(run_dir), "--data", str(train_dir if tune_on_train else val_dir)], log)
-    run([*LESIONSEG, "infer", "--model", str(run_dir), "--input", str(val_dir), "--out", str(run_dir / "pred")], log)
+        run([*LESIONSEG, "tune", "--model", str(run_dir), "--data", str(train_dir if tune_on_train else val_dir),
+             *isets], log)
+    run([*LESIONSEG, "infer", "--model", str(run_dir), "--input", str(val_dir), "--out", str(run_dir / "pred"),
+         *isets], log)
     run([*LESIONSEG, "evaluate", "--pred", str(run_dir / "pred"), "--truth", str(val_dir),
          "--out", str(run_dir / "report"), "--config", str(config)], log)
     if tune:
@@ -167,7 +172,7 @@ def cmd_lopo(args: argparse.Namespace) -> None:
             print(f"[{patient}] done already ({run_dir})")
             continue
         train_and_evaluate(run_dir, patient, args.set, tune=True, config=config, tune_on_train=True,
-                           train_backend=args.train_backend)
+                           train_backend=args.train_backend, infer_sets=args.infer_set)
     pooled_reports(out, config)
 
 
@@ -357,6 +362,8 @@ def main() -> None:
     lo.add_argument("--out", help="default runs/lopo/<config name>")
     lo.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     lo.add_argument("--force", action="store_true", help="redo folds that have a report already")
+    lo.add_argument("--infer-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override of tune and infer only (e.g. infer.overlap=0.25)")
     lo.add_argument("--train-backend", choices=["tensorflow", "torch", "jax"],
                     help="Keras backend of the training step only (default: the environment's)")
     lo.set_defaults(func=cmd_lopo)
