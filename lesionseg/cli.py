@@ -9,6 +9,7 @@ traceback (``--debug`` shows it).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ from lesionseg.config import (
     config_to_dict,
     load_config,
 )
+from lesionseg.data.bids import is_bids
 from lesionseg.errors import LesionsegError
 from lesionseg.logs import setup_logging
 from lesionseg.paths import check_output_file, check_output_folder, remove_stale_temporaries
@@ -297,9 +299,30 @@ def cmd_infer(args: argparse.Namespace) -> int:
     config = _run_config(args)
     from lesionseg.inference.infer import run_inference
 
+    if is_bids(args.input):
+        return _infer_bids(args, config, run_inference)
     outputs = run_inference(args.model, config, args.input, args.out, force=args.force, keep_going=args.keep_going,
                             retry_failed=args.retry_failed)
     log.info("%d case(s) predicted into %s", len(outputs), args.out)
+    return 0
+
+
+def _infer_bids(args: argparse.Namespace, config: Config, run_inference) -> int:
+    """A BIDS dataset in, a BIDS derivatives folder out (:mod:`lesionseg.data.bids`)."""
+    if importlib.util.find_spec("bids") is None:
+        raise LesionsegError(f"{args.input}: a BIDS dataset; reading it needs pybids (pip install -e '.[bids]')")
+    from lesionseg.data.bids import WORK_DIR, bids_cases, publish, stage_cases
+
+    cases = bids_cases(args.input, list(config.data.channels))
+    staged = stage_cases(cases, args.out)
+    work = args.out / WORK_DIR
+    try:
+        outputs = run_inference(args.model, config, staged, work, force=args.force, keep_going=args.keep_going,
+                                retry_failed=args.retry_failed)
+    finally:
+        published = publish(cases, work, args.out, str(args.model))
+        log.info("%d of %d BIDS case(s) in the derivatives folder %s", published, len(cases), args.out)
+    log.info("%d case(s) predicted", len(outputs))
     return 0
 
 
@@ -385,6 +408,14 @@ _READS = {"patches": ("data",), "train": ("data",), "infer": ("input",), "evalua
 _WRITES_UNDER = {"train": ("checkpoint", "validation"), "evaluate": ("overlays",)}
 
 
+def _inside_derivatives(out: Path, dataset: Path) -> bool:
+    try:
+        Path(out).resolve().relative_to((Path(dataset) / "derivatives").resolve())
+    except ValueError:
+        return False
+    return True
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """Every output of the command usable (not a file, not inside an input, writable), before any work.
 
@@ -403,6 +434,8 @@ def check_outputs(args: argparse.Namespace) -> None:
     if out is None:
         return
     reads = [getattr(args, name) for name in _READS.get(args.command, ())]
+    if args.command == "infer" and is_bids(args.input) and _inside_derivatives(out, args.input):
+        reads = []  # a BIDS dataset's derivatives/ is where its derived outputs belong (pybids skips it)
     check_output_folder(out, [r for r in reads if r is not None])
     remove_stale_temporaries(out, *(out / sub for sub in _WRITES_UNDER.get(args.command, ())))
 
