@@ -110,6 +110,9 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    "(exit 1 at the end when any failed); default: the first bad exam stops the run before any work")
     p.add_argument("--retry-failed", action="store_true",
                    help="predict only the exams listed in PRED/failures.csv (implies --keep-going)")
+    p.add_argument("--engine", choices=("local", "dask"), default="local",
+                   help="local: this process or a process pool (infer.workers); dask: a dask.distributed cluster")
+    p.add_argument("--address", help="--engine dask: the scheduler to join (default: start a local cluster)")
     _add_config_args(p, "config whose [infer] section overrides the run's")
 
 
@@ -302,7 +305,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if is_bids(args.input):
         return _infer_bids(args, config, run_inference)
     outputs = run_inference(args.model, config, args.input, args.out, force=args.force, keep_going=args.keep_going,
-                            retry_failed=args.retry_failed)
+                            retry_failed=args.retry_failed, engine=args.engine, address=args.address)
     log.info("%d case(s) predicted into %s", len(outputs), args.out)
     return 0
 
@@ -318,7 +321,7 @@ def _infer_bids(args: argparse.Namespace, config: Config, run_inference) -> int:
     work = args.out / WORK_DIR
     try:
         outputs = run_inference(args.model, config, staged, work, force=args.force, keep_going=args.keep_going,
-                                retry_failed=args.retry_failed)
+                                retry_failed=args.retry_failed, engine=args.engine, address=args.address)
     finally:
         published = publish(cases, work, args.out, str(args.model))
         log.info("%d of %d BIDS case(s) in the derivatives folder %s", published, len(cases), args.out)

@@ -100,3 +100,19 @@ def test_kill_9_mid_run_then_rerun_gives_the_clean_runs_outputs(samples_dir, tmp
         np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
         np.testing.assert_array_equal(a.affine, b.affine)
     assert [r["case"] for r in _rows(killed / "cohort.csv")] == [r["case"] for r in _rows(clean / "cohort.csv")]
+
+
+@pytest.mark.slow
+def test_dask_engine_gives_the_local_engines_outputs(cohort, samples_dir, tmp_path):
+    pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install -e '.[cluster]')")
+    data, run = cohort
+    local, dask = tmp_path / "local", tmp_path / "dask"
+    base = ["infer", "--model", str(run), "--input", str(data), "--keep-going"]
+    assert main([*base, "--out", str(local)]) == 1  # the broken exam fails on both engines
+    assert main([*base, "--out", str(dask), "--engine", "dask", "--set", "infer.workers=2"]) == 1
+    assert _rows(dask / "failures.csv") == _rows(local / "failures.csv")
+    for path in sorted(local.glob("*.nii.gz")):
+        a, b = nib.load(path), nib.load(dask / path.name)
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "finished")} for r in rows]  # noqa: E731
+    assert strip(_rows(dask / "cohort.csv")) == strip(_rows(local / "cohort.csv"))

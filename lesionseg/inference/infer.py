@@ -171,6 +171,8 @@ def run_inference(
     force: bool = False,
     keep_going: bool = False,
     retry_failed: bool = False,
+    engine: str = "local",
+    address: str | None = None,
 ) -> list[Path]:
     """The ``lesionseg infer`` stage.
 
@@ -197,6 +199,10 @@ def run_inference(
         written.
     retry_failed : bool
         Predict only the exams listed in ``PRED/failures.csv`` (implies ``keep_going``).
+    engine : {"local", "dask"}
+        Where the exams run (:mod:`lesionseg.inference.engines`).
+    address : str or None
+        ``engine="dask"``: the scheduler to join (default: a local cluster).
 
     Returns
     -------
@@ -239,7 +245,11 @@ def run_inference(
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         if todo:
-            kept += _predict(run_dir, config, todo, out_dir, tuned, source, keep_going, failures, threshold, min_mm3)
+            if engine == "dask":
+                kept += _predict_on_dask(run_dir, config, todo, out_dir, source, keep_going, failures, address)
+            else:
+                kept += _predict(run_dir, config, todo, out_dir, tuned, source, keep_going, failures, threshold,
+                                 min_mm3)
     finally:
         compact_cohort(out_dir, all_ids)
         if keep_going:
@@ -251,6 +261,32 @@ def run_inference(
             "rerun with --retry-failed"
         )
     return kept
+
+
+def _predict_on_dask(
+    run_dir: Path, config: Config, case_dirs: list[Path], out_dir: Path, source: Source, keep_going: bool,
+    failures: list[Failure], address: str | None,
+) -> list[Path]:
+    """Predict on a Dask cluster; rows and failures recorded here, in the client, as exams finish."""
+    from lesionseg.inference.engines import predict_with_dask
+
+    outputs: list[Path] = []
+
+    def on_result(case_dir: Path, result: Any) -> None:
+        if isinstance(result, BaseException):
+            if not keep_going or not isinstance(result, CASE_ERRORS):
+                raise result
+            failures.append(_failure(case_dir, result))
+            log.error("%s: failed (%s)", case_dir.name, failures[-1].reason)
+            return
+        path, row = result
+        outputs.append(path)
+        if row is not None:
+            append_cohort_row(out_dir, row)
+        log.info("case %d/%d done: %s", len(outputs) + len(failures), len(case_dirs), case_dir.name)
+
+    predict_with_dask(run_dir, config, case_dirs, out_dir, source, on_result, address)
+    return outputs
 
 
 def _readable_cases(case_dirs: Sequence[Path], config: Config, run_dir: Path) -> tuple[list[Path], list[Failure]]:
