@@ -37,6 +37,7 @@ demo: install  ## the main job on data_samples/: check -> train -> infer -> eval
 	@echo "  per lesion:  $(OUT)/lesions.csv"
 	@echo "  per case:    $(OUT)/cases.csv"
 	@echo "  summary:     $(OUT)/summary.csv"
+	@echo "  to look at:  $(OUT)/report.html  (open it in a browser: 3D viewer and lesion tables)"
 
 check: install  ## validate the cases in DATA
 	$(LESIONSEG) check $(DATA) --config $(CONFIG)
