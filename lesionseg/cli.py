@@ -110,9 +110,10 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
                    "(exit 1 at the end when any failed); default: the first bad exam stops the run before any work")
     p.add_argument("--retry-failed", action="store_true",
                    help="predict only the exams listed in PRED/failures.csv (implies --keep-going)")
-    p.add_argument("--engine", choices=("local", "dask"), default="local",
-                   help="local: this process or a process pool (infer.workers); dask: a dask.distributed cluster")
-    p.add_argument("--address", help="--engine dask: the scheduler to join (default: start a local cluster)")
+    p.add_argument("--engine", choices=("local", "dask", "ray"), default="local",
+                   help="local: this process or a process pool (infer.workers); dask: a dask.distributed cluster; "
+                   "ray: Ray actors")
+    p.add_argument("--address", help="--engine dask/ray: the cluster to join (default: start a local one)")
     _add_config_args(p, "config whose [infer] section overrides the run's")
 
 

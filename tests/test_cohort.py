@@ -116,3 +116,17 @@ def test_dask_engine_gives_the_local_engines_outputs(cohort, samples_dir, tmp_pa
         np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "finished")} for r in rows]  # noqa: E731
     assert strip(_rows(dask / "cohort.csv")) == strip(_rows(local / "cohort.csv"))
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_local_engines_outputs(cohort, tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (an optional engine: pip install ray)")
+    data, run = cohort
+    local, ray_out = tmp_path / "local", tmp_path / "ray"
+    base = ["infer", "--model", str(run), "--input", str(data), "--keep-going"]
+    assert main([*base, "--out", str(local)]) == 1
+    assert main([*base, "--out", str(ray_out), "--engine", "ray", "--set", "infer.workers=2"]) == 1
+    assert _rows(ray_out / "failures.csv") == _rows(local / "failures.csv")
+    for path in sorted(local.glob("*.nii.gz")):
+        a, b = nib.load(path), nib.load(ray_out / path.name)
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))

@@ -1,4 +1,4 @@
-"""Where ``lesionseg infer`` runs its exams: the local process pool, or a Dask cluster.
+"""Where ``lesionseg infer`` runs its exams: the local process pool, a Dask cluster, or Ray.
 
 ``--engine local`` (default) predicts in this process or a local process pool (``infer.workers``).
 ``--engine dask`` submits one task per exam to a ``dask.distributed`` cluster: ``--address`` joins a
@@ -7,6 +7,9 @@ running scheduler (e.g. one started by dask-jobqueue on Slurm), without it a loc
 (on its first exam) and keeps it; results come back with ``as_completed`` as exams finish, so
 ``cohort.csv`` and ``failures.csv`` are written by the client exactly as with the local engine, and
 outputs are identical (each exam is predicted by the same code on the same inputs).
+``--engine ray`` does the same with Ray: ``infer.workers`` actors (one CPU each) each holding the
+model, exams dealt out as actors become free; ``--address`` joins a running Ray cluster (``auto``,
+or ``ray://head:10001``), without it a local Ray instance is started.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from lesionseg.provenance import Source
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("local", "dask")
+ENGINES = ("local", "dask", "ray")
 
 # the worker's cache: one predictor per (run, config) for the life of the worker process
 _CACHE: dict[tuple[str, int], Any] = {}
@@ -84,3 +87,67 @@ def predict_with_dask(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+class _RayPredictor:
+    """A Ray actor's state: the model, loaded once, and the run's tuned decision."""
+
+    def __init__(self, run_dir: Path, config: Config, threads: int) -> None:
+        from lesionseg.inference.postprocess import read_tuning
+        from lesionseg.inference.predictor import Predictor
+        from lesionseg.runtime import configure_backend
+
+        configure_backend(threads)
+        self.predictor = Predictor.from_run(run_dir, config)
+        self.tuned = read_tuning(run_dir)
+
+    def predict(self, case_dir: Path, out_dir: Path, source: Source) -> tuple[Path, dict[str, object] | None]:
+        from lesionseg.inference.infer import predict_case
+
+        return predict_case(self.predictor, case_dir, out_dir, self.tuned, show_progress=False, source=source)
+
+
+def predict_with_ray(
+    run_dir: Path,
+    config: Config,
+    case_dirs: Sequence[Path],
+    out_dir: Path,
+    source: Source,
+    on_result: Callable[[Path, Any], None],
+    address: str | None = None,
+) -> None:
+    """Predict every exam with Ray actors; ``on_result(case_dir, result or exception)`` as each finishes."""
+    try:
+        import ray
+    except ImportError:
+        raise LesionsegError("--engine ray needs ray (pip install 'ray')") from None
+    workers = max(1, min(int(config.infer.workers), len(case_dirs)))
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.ERROR)
+    threads = 0 if address else max(1, (os.cpu_count() or 1) // workers)
+    try:
+        actor_cls = ray.remote(num_cpus=1)(_RayPredictor)
+        actors = [actor_cls.remote(run_dir, config, threads) for _ in range(workers)]
+        queue = list(case_dirs)
+        running: dict[Any, tuple[Any, Path]] = {}
+        for actor in actors:
+            if queue:
+                case_dir = queue.pop(0)
+                running[actor.predict.remote(case_dir, out_dir, source)] = (actor, case_dir)
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            actor, case_dir = running.pop(ready[0])
+            try:
+                result: Any = ray.get(ready[0])
+            except Exception as exc:  # RayTaskError wraps the exam's own error
+                cause = getattr(exc, "cause", None)
+                result = cause if isinstance(cause, BaseException) else exc
+            if queue:
+                nxt = queue.pop(0)
+                running[actor.predict.remote(nxt, out_dir, source)] = (actor, nxt)
+            on_result(case_dir, result)
+    finally:
+        if started:
+            ray.shutdown()

@@ -199,10 +199,10 @@ def run_inference(
         written.
     retry_failed : bool
         Predict only the exams listed in ``PRED/failures.csv`` (implies ``keep_going``).
-    engine : {"local", "dask"}
+    engine : {"local", "dask", "ray"}
         Where the exams run (:mod:`lesionseg.inference.engines`).
     address : str or None
-        ``engine="dask"``: the scheduler to join (default: a local cluster).
+        ``engine="dask"`` or ``"ray"``: the cluster to join (default: a local one).
 
     Returns
     -------
@@ -245,8 +245,9 @@ def run_inference(
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         if todo:
-            if engine == "dask":
-                kept += _predict_on_dask(run_dir, config, todo, out_dir, source, keep_going, failures, address)
+            if engine in ("dask", "ray"):
+                kept += _predict_on_cluster(engine, run_dir, config, todo, out_dir, source, keep_going, failures,
+                                            address)
             else:
                 kept += _predict(run_dir, config, todo, out_dir, tuned, source, keep_going, failures, threshold,
                                  min_mm3)
@@ -263,12 +264,12 @@ def run_inference(
     return kept
 
 
-def _predict_on_dask(
-    run_dir: Path, config: Config, case_dirs: list[Path], out_dir: Path, source: Source, keep_going: bool,
-    failures: list[Failure], address: str | None,
+def _predict_on_cluster(
+    engine: str, run_dir: Path, config: Config, case_dirs: list[Path], out_dir: Path, source: Source,
+    keep_going: bool, failures: list[Failure], address: str | None,
 ) -> list[Path]:
-    """Predict on a Dask cluster; rows and failures recorded here, in the client, as exams finish."""
-    from lesionseg.inference.engines import predict_with_dask
+    """Predict on a Dask or Ray cluster; rows and failures recorded here, in the client, as exams finish."""
+    from lesionseg.inference.engines import predict_with_dask, predict_with_ray
 
     outputs: list[Path] = []
 
@@ -285,7 +286,8 @@ def _predict_on_dask(
             append_cohort_row(out_dir, row)
         log.info("case %d/%d done: %s", len(outputs) + len(failures), len(case_dirs), case_dir.name)
 
-    predict_with_dask(run_dir, config, case_dirs, out_dir, source, on_result, address)
+    submit = predict_with_dask if engine == "dask" else predict_with_ray
+    submit(run_dir, config, case_dirs, out_dir, source, on_result, address)
     return outputs
 
 
