@@ -37,9 +37,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Settings that say how a run is executed, not what it computes: left out of the config hash, so a
+#: rerun with more workers or another thread count keeps the exams already predicted.
+EXECUTION_KEYS = {"infer": ("workers",), "train": ("threads",)}
+
+
 def config_sha256(config: Config) -> str:
-    """SHA-256 of the resolved configuration (canonical JSON): same settings, same hash."""
-    text = json.dumps(config_to_dict(config), sort_keys=True, separators=(",", ":"))
+    """SHA-256 of the resolved configuration (canonical JSON) without :data:`EXECUTION_KEYS`: same settings, same hash."""
+    raw = config_to_dict(config)
+    for section, keys in EXECUTION_KEYS.items():
+        for key in keys:
+            raw.get(section, {}).pop(key, None)
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

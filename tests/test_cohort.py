@@ -130,3 +130,15 @@ def test_ray_engine_gives_the_local_engines_outputs(cohort, tmp_path):
     for path in sorted(local.glob("*.nii.gz")):
         a, b = nib.load(path), nib.load(ray_out / path.name)
         np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+
+
+def test_execution_settings_do_not_change_the_config_hash():
+    from dataclasses import replace
+
+    from lesionseg.config import Config
+    from lesionseg.provenance import config_sha256
+
+    base = Config()
+    more_workers = replace(base, infer=replace(base.infer, workers=4), train=replace(base.train, threads=1))
+    other_overlap = replace(base, infer=replace(base.infer, overlap=0.25))
+    assert config_sha256(more_workers) == config_sha256(base) != config_sha256(other_overlap)

@@ -68,6 +68,7 @@ def cohort_row(case_id: str, pred: np.ndarray, zooms: Iterable[float], connectiv
 def append_cohort_row(out_dir: Path, row: dict[str, object]) -> None:
     """Append one exam's row to ``PRED/cohort.csv`` (header first when the file is new), flushed."""
     path = Path(out_dir) / COHORT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.is_file() or path.stat().st_size == 0
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COHORT_COLUMNS)
@@ -102,6 +103,7 @@ def write_failures(out_dir: Path, failures: list[Failure]) -> Path | None:
     if not failures:
         path.unlink(missing_ok=True)
         return None
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)

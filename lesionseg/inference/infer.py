@@ -242,7 +242,6 @@ def run_inference(
                  len(done), out_dir)
     todo = [c for c in case_dirs if c not in done]
     kept = [out_dir / f"{c.name}_pred.nii.gz" for c in done]
-    out_dir.mkdir(parents=True, exist_ok=True)
     try:
         if todo:
             if engine in ("dask", "ray"):
