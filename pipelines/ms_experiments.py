@@ -291,10 +291,12 @@ def cmd_lopo_table(args: argparse.Namespace) -> None:
     table = pd.concat(rows, ignore_index=True)
     if not args.untuned:
         table = table[table.decision != "0.5, no size filter"]
-    table.to_csv(root / "lopo_table.csv", index=False)
-    (root / "lopo_table.md").write_text(to_markdown(table) + "\n")
+    out = Path(args.out) if args.out else root
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "lopo_table.csv", index=False)
+    (out / "lopo_table.md").write_text(to_markdown(table) + "\n")
     print(to_markdown(table))
-    print(f"written to {root / 'lopo_table.csv'} and {root / 'lopo_table.md'}")
+    print(f"written to {out / 'lopo_table.csv'} and {out / 'lopo_table.md'}")
 
 
 SHIPPED_FILES = ("model.keras", "config.yaml", "tuning.json", "history.csv", "curves.png", "split.csv")
@@ -371,6 +373,7 @@ def main() -> None:
     lt.add_argument("recipes", nargs="*", help="recipe folders under --root (default: all)")
     lt.add_argument("--root", default="runs/lopo")
     lt.add_argument("--untuned", action="store_true", help="also the rows at threshold 0.5, no size filter")
+    lt.add_argument("--out", help="folder for lopo_table.csv/.md (default: --root; studies/lopo is committed)")
     lt.set_defaults(func=cmd_lopo_table)
     v = sub.add_parser("verify", help="the shipped model on its held-out exams, against its model card")
     v.add_argument("--model", default="models/ms_flair_t1")
