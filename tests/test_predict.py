@@ -182,6 +182,7 @@ def test_infer_cli_writes_both_outputs_on_the_input_grid(run_dir, data_dir, tmp_
         "caseB_pred.nii.gz",
         "caseB_prob.nii.gz",
         "caseB_record.json",
+        "cohort.csv",
     ]
     assert nib.aff2axcodes(LAS) == ("L", "A", "S")
     for case in ("caseA", "caseB"):
@@ -207,7 +208,8 @@ def test_infer_one_case_folder_with_overrides(run_dir, data_dir, tmp_path):
         ]
     )
     assert code == 0
-    assert sorted(p.name for p in pred_dir.iterdir()) == ["caseA_pred.nii.gz", "caseA_prob.nii.gz", "caseA_record.json"]
+    assert sorted(p.name for p in pred_dir.iterdir()) == [
+        "caseA_pred.nii.gz", "caseA_prob.nii.gz", "caseA_record.json", "cohort.csv"]
     record = json.loads((pred_dir / "caseA_record.json").read_text())
     assert record["case"] == "caseA" and record["threshold"] == 0.9 and record["model"] == str(run_dir)
     assert len(record["model_sha256"]) == 64 and len(record["config_sha256"]) == 64
