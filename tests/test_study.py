@@ -127,3 +127,12 @@ def test_study_errors_are_one_line(samples_dir, tmp_path, capsys):
     assert "study file not found" in capsys.readouterr().err
     assert main(["study", "--summarize", "--out", str(tmp_path / "empty")]) == 1
     assert "no study results" in capsys.readouterr().err
+
+
+def test_a_study_file_inside_its_own_output_folder(samples_dir, tmp_path):
+    """studies/loss_study/study.toml runs into studies/loss_study (the file is not copied onto itself)."""
+    out = tmp_path / "study"
+    out.mkdir()
+    study = write_study(out / "study.toml", '"loss.name" = ["dice"]')
+    assert main(["study", "--config", str(study), "--data", str(samples_dir), "--out", str(out), "--limit", "0"]) == 0
+    assert study.read_text().startswith("[study]")

@@ -221,7 +221,8 @@ def run_study(study_file: Path, data_dir: Path, out: Path, parallel: int | None 
     results = out / RESULTS_FILE
     done = finished(results, columns)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(study_file, out / "study.toml")
+    if Path(study_file).resolve() != (out / "study.toml").resolve():  # the study may live in its own folder
+        shutil.copyfile(study_file, out / "study.toml")
     todo = {c.cell_id: [v for v in study.variants if (c.cell_id, v) not in done] for c in study.cells}
     pending = [c for c in study.cells if todo[c.cell_id]]
     if limit is not None:
