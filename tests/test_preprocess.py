@@ -184,3 +184,68 @@ def test_thick_slice_augmentation_is_off_by_default_and_keeps_the_mask():
 def test_brain_extraction_keeps_an_already_stripped_brain(samples_dir):
     flair = np.asarray(nib.load(samples_dir / "sample01" / "flair.nii.gz").dataobj, np.float32)
     np.testing.assert_array_equal(brain_mask(flair, (1.0, 1.0, 1.0)), flair > 0)
+
+
+def test_in_plane_resolution_blurs_the_plane_only_above_one_voxel():
+    from lesionseg.sampling.augment import thick_slices
+
+    in_plane = np.ones((16, 16, 32, 1), np.float32)
+    in_plane[::2] = 2.0  # stripes along axis 0 (in plane)
+    fine = thick_slices(np.random.default_rng(1), in_plane, (6.0, 6.0), axis=2, in_plane=(0.5, 1.0))
+    np.testing.assert_allclose(fine, in_plane, atol=1e-5)  # finer than the grid: nothing to see
+    coarse = thick_slices(np.random.default_rng(1), in_plane, (6.0, 6.0), axis=2, in_plane=(2.0, 2.0))
+    assert np.ptp(coarse[4:-4, 4:-4, 8:-8]) < 0.5 * np.ptp(in_plane)  # 2-voxel in-plane voxels blur them
+
+
+def test_gamma_contrast_keeps_range_and_background_and_changes_contrast():
+    from lesionseg.sampling.augment import gamma_contrast
+
+    rng = np.random.default_rng(3)
+    image = rng.uniform(-1.0, 3.0, (12, 12, 12, 2)).astype(np.float32)
+    image[:3] = 0.0
+    out = gamma_contrast(rng, image, (2.0, 2.0))
+    assert (out[:3] == 0).all() and out.dtype == np.float32
+    for c in range(2):
+        inside = image[3:, ..., c]
+        np.testing.assert_allclose([out[3:, ..., c].min(), out[3:, ..., c].max()], [inside.min(), inside.max()], rtol=1e-5)
+    mid = (image[3:, ..., 0] > 0.8) & (image[3:, ..., 0] < 1.2)  # the middle of the range darkens with g = 2
+    assert (out[3:, ..., 0][mid] < image[3:, ..., 0][mid]).all()
+    np.testing.assert_allclose(gamma_contrast(rng, image, (1.0, 1.0)), image, atol=1e-5)
+
+
+def test_bias_field_is_smooth_bounded_and_keeps_background():
+    from lesionseg.sampling.augment import bias_field
+
+    rng = np.random.default_rng(4)
+    image = np.full((16, 16, 16, 1), 2.0, np.float32)
+    image[:, :2] = 0.0
+    image[0, 2, 0, 0] = 1.0  # the patch's lowest value: the field's zero
+    out = bias_field(rng, image, 0.3)
+    assert (out[:, :2] == 0).all() and out[0, 2, 0, 0] == 1.0
+    above = image[:, 2:, :, 0] > 1.0  # the gain is measured from the field's zero
+    gain = (out[:, 2:, :, 0][above] - 1.0) / (image[:, 2:, :, 0][above] - 1.0)
+    assert np.exp(-0.3) - 1e-4 <= gain.min() and gain.max() <= np.exp(0.3) + 1e-4
+    assert gain.max() - gain.min() > 0.05  # it varies ...
+    full = (out[1:, 2:, :, 0] - 1.0) / (image[1:, 2:, :, 0] - 1.0)
+    assert np.abs(np.diff(full, axis=0)).max() < 0.1  # ... smoothly
+    np.testing.assert_allclose(bias_field(rng, image, 0.0), image)
+
+
+def test_new_intensity_augmentations_are_off_by_default_and_validated():
+    from lesionseg.config import AugmentConfig
+    from lesionseg.sampling.augment import augment_patch
+
+    image = np.random.default_rng(2).standard_normal((8, 8, 8, 1)).astype(np.float32)
+    mask = (image[..., 0] > 1).astype(np.uint8)
+    plain = augment_patch(np.random.default_rng(5), image, mask, AugmentConfig())
+    off = augment_patch(np.random.default_rng(5), image, mask,
+                        AugmentConfig(gamma_probability=0.0, bias_field_probability=0.0))
+    np.testing.assert_array_equal(plain[0], off[0])  # zero probabilities draw nothing
+    on_image, on_mask = augment_patch(np.random.default_rng(5), image, mask,
+                                      AugmentConfig(gamma_probability=1.0, bias_field_probability=1.0))
+    np.testing.assert_array_equal(on_mask, plain[1])
+    assert not np.allclose(on_image, plain[0])
+    with pytest.raises(LesionsegError, match="augment.gamma_range"):
+        AugmentConfig(gamma_range=(0.0, 1.5))
+    with pytest.raises(LesionsegError, match="augment.thick_slice_in_plane_mm"):
+        AugmentConfig(thick_slice_in_plane_mm=(1.2, 0.5))

@@ -238,6 +238,19 @@ class AugmentConfig:
         Range of slice thickness, in voxels of the working grid (mm on a 1 mm grid).
     thick_slice_axis : int
         The patch axis across slices (2: axial slices of a RAS volume).
+    thick_slice_in_plane_mm : tuple of float
+        Range of the in-plane voxel size of those acquisitions (voxels of the working grid); sizes
+        above 1 blur the two in-plane axes, finer ones leave them alone.
+    gamma_probability : float
+        Share of patches whose contrast is changed by ``x ** g`` on the patch's range
+        (:func:`lesionseg.sampling.augment.gamma_contrast`): other field strengths and sequences.
+    gamma_range : tuple of float
+        Range of ``g`` (drawn log-uniformly).
+    bias_field_probability : float
+        Share of patches multiplied by a smooth random bias field
+        (:func:`lesionseg.sampling.augment.bias_field`).
+    bias_field_strength : float
+        Largest log-amplitude of that field.
     transplant_probability : float
         Share of patches that receive the lesions of a donor mask at the same voxels, painted with
         the exam's own lesion contrast (:mod:`lesionseg.sampling.transplant`).  0 = off.
@@ -257,6 +270,11 @@ class AugmentConfig:
     thick_slice_probability: float = 0.0
     thick_slice_mm: tuple[float, float] = (3.0, 8.0)
     thick_slice_axis: int = 2
+    thick_slice_in_plane_mm: tuple[float, float] = (1.0, 1.0)
+    gamma_probability: float = 0.0
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    bias_field_probability: float = 0.0
+    bias_field_strength: float = 0.3
     transplant_probability: float = 0.0
     transplant_masks: str = ""
     transplant_exclude: tuple[str, ...] = ()
@@ -272,6 +290,15 @@ class AugmentConfig:
         require(len(thick) == 2 and all(is_number(t) for t in thick) and 1.0 <= thick[0] <= thick[1],
                 "augment.thick_slice_mm", "[low, high] with 1 <= low <= high", thick)
         require(self.thick_slice_axis in (0, 1, 2), "augment.thick_slice_axis", "0, 1 or 2", self.thick_slice_axis)
+        plane = tuple(self.thick_slice_in_plane_mm)
+        require(len(plane) == 2 and all(is_number(t) for t in plane) and 0.0 < plane[0] <= plane[1],
+                "augment.thick_slice_in_plane_mm", "[low, high] with 0 < low <= high", plane)
+        unit_interval("augment.gamma_probability", self.gamma_probability)
+        gamma = tuple(self.gamma_range)
+        require(len(gamma) == 2 and all(is_number(t) for t in gamma) and 0.0 < gamma[0] <= gamma[1],
+                "augment.gamma_range", "[low, high] with 0 < low <= high", gamma)
+        unit_interval("augment.bias_field_probability", self.bias_field_probability)
+        at_least("augment.bias_field_strength", self.bias_field_strength, 0.0)
         unit_interval("augment.transplant_probability", self.transplant_probability)
         if self.transplant_probability > 0:
             require(isinstance(self.transplant_masks, str) and bool(self.transplant_masks), "augment.transplant_masks",

@@ -1,8 +1,8 @@
 """Training-time augmentation of patches, suited to MRI lesions.
 
 Spatial changes (flips, axial 90° rotations) are applied to image and mask
-alike; voxel-wise intensity changes (per-channel scaling and shift, Gaussian noise) to
-the image only, and only inside the non-zero region, so the background stays
+alike; voxel-wise intensity changes (per-channel scaling and shift, Gaussian noise, gamma
+contrast, a smooth bias field) to the image only, and only inside the non-zero region, so the background stays
 exactly 0 as in the normalised volumes inference sees.  :func:`thick_slices` makes a
 patch look like a thick-slice clinical scan resampled to the working grid (the mask keeps
 its full resolution: the model learns to find the lesion the thick slices blurred).  Everything is plain
@@ -92,13 +92,100 @@ def intensity_jitter(
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 
-def thick_slices(rng: np.random.Generator, image: np.ndarray, thickness: tuple[float, float], axis: int) -> np.ndarray:
+def gamma_contrast(rng: np.random.Generator, image: np.ndarray, gamma: tuple[float, float]) -> np.ndarray:
+    """Another field strength's or sequence's contrast: ``x ** g`` on each channel rescaled to [0, 1].
+
+    ``g`` is drawn log-uniformly from ``gamma`` (per patch, the same for every channel, as nnU-Net
+    does); each channel's non-zero voxels are mapped to [0, 1] by their patch minimum and maximum,
+    raised to ``g`` and mapped back, so the range is kept and the contrast between bright lesions
+    and the tissue around them changes.  Voxels 0 in every channel stay 0.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Random source.
+    image : numpy.ndarray
+        (d, h, w, C) float32 patch.
+    gamma : tuple of float
+        Range of the exponent, ``0 < low <= high``.
+
+    Returns
+    -------
+    numpy.ndarray
+        (d, h, w, C) float32, a new array.
+    """
+    g = float(np.exp(rng.uniform(np.log(gamma[0]), np.log(gamma[1]))))
+    inside = np.any(image != 0, axis=-1)
+    out = np.array(image, dtype=np.float32, copy=True)
+    if not inside.any():
+        return out
+    for c in range(image.shape[-1]):
+        values = image[..., c][inside]
+        lo, hi = float(values.min()), float(values.max())
+        if hi - lo < 1e-6:
+            continue
+        unit = (values - lo) / (hi - lo)
+        out[..., c][inside] = (np.power(unit, g) * (hi - lo) + lo).astype(np.float32)
+    return out
+
+
+def bias_field(rng: np.random.Generator, image: np.ndarray, strength: float, order: int = 3) -> np.ndarray:
+    """A smooth multiplicative intensity inhomogeneity, as a receive coil leaves it.
+
+    The field is ``exp(p(x, y, z))`` with ``p`` a polynomial of degree ``order`` in patch
+    coordinates scaled to [-1, 1], random coefficients scaled so that ``|p| <= strength``.  It
+    multiplies the intensities measured from the patch's lowest non-zero value (for normalised
+    images that value stands for the scanner's zero), so bright voxels change most.  Voxels 0 in
+    every channel stay 0.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Random source.
+    image : numpy.ndarray
+        (d, h, w, C) float32 patch.
+    strength : float
+        Largest log-amplitude of the field (0.3: intensities within about ×0.74–×1.35).
+    order : int
+        Degree of the polynomial.
+
+    Returns
+    -------
+    numpy.ndarray
+        (d, h, w, C) float32, a new array.
+    """
+    axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in image.shape[:3]]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    field = np.zeros(image.shape[:3], np.float32)
+    for i in range(order + 1):
+        for j in range(order + 1 - i):
+            for k in range(order + 1 - i - j):
+                if i + j + k:
+                    field += np.float32(rng.uniform(-1.0, 1.0)) * (x**i) * (y**j) * (z**k)
+    peak = float(np.abs(field).max())
+    if peak > 0:
+        field *= np.float32(strength / peak)
+    gain = np.exp(field)
+    inside = np.any(image != 0, axis=-1)
+    out = np.array(image, dtype=np.float32, copy=True)
+    if not inside.any():
+        return out
+    for c in range(image.shape[-1]):
+        channel = image[..., c]
+        base = float(channel[inside].min())
+        out[..., c] = np.where(inside, (channel - base) * gain + base, 0.0)
+    return out
+
+
+def thick_slices(rng: np.random.Generator, image: np.ndarray, thickness: tuple[float, float], axis: int,
+                 in_plane: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
     """A patch as a thick-slice acquisition would show it after resampling to the working grid.
 
     A thickness ``t`` (voxels) is drawn uniformly from ``thickness``; the image is blurred along
     ``axis`` with a Gaussian slice profile of FWHM ``t``, kept only at slices ``t`` apart (a random
-    phase), and linearly interpolated back between them.  Voxels that were 0 in every channel
-    stay 0.
+    phase), and linearly interpolated back between them.  An in-plane voxel size ``p`` drawn from
+    ``in_plane`` blurs the two other axes with FWHM ``sqrt(p² - 1)`` (``p <= 1``: nothing, a voxel
+    finer than the working grid is not seen there).  Voxels that were 0 in every channel stay 0.
 
     Parameters
     ----------
@@ -110,6 +197,8 @@ def thick_slices(rng: np.random.Generator, image: np.ndarray, thickness: tuple[f
         Range of slice thickness in voxels.
     axis : int
         Spatial axis across slices.
+    in_plane : tuple of float
+        Range of the in-plane voxel size in voxels of the working grid.
 
     Returns
     -------
@@ -121,6 +210,14 @@ def thick_slices(rng: np.random.Generator, image: np.ndarray, thickness: tuple[f
     t = float(rng.uniform(thickness[0], thickness[1]))
     inside = np.any(image != 0, axis=-1)
     blurred = ndimage.gaussian_filter1d(image, t * FWHM_TO_SIGMA, axis=axis, mode="nearest")
+    if in_plane[1] > 1.0:
+        p = float(rng.uniform(in_plane[0], in_plane[1]))
+        if p > 1.0:
+            sigma = [0.0] * image.ndim
+            for a in range(3):
+                if a != axis:
+                    sigma[a] = float(np.sqrt(p * p - 1.0)) * FWHM_TO_SIGMA
+            blurred = ndimage.gaussian_filter(blurred, sigma, mode="nearest")
     n = image.shape[axis]
     phase = float(rng.uniform(0.0, t))
     centres = np.arange(phase, n, t)
@@ -169,6 +266,11 @@ def augment_patch(
         # reads the flipped/rotated view once and writes a fresh contiguous array
         noise = cfg.noise_std if cfg.noise_std > 0 and rng.random() < cfg.noise_probability else 0.0
         image = intensity_jitter(rng, image, cfg.intensity_scale, cfg.intensity_shift, noise)
+    if cfg.gamma_probability > 0 and rng.random() < cfg.gamma_probability:
+        image = gamma_contrast(rng, image, tuple(cfg.gamma_range))  # type: ignore[arg-type]
+    if cfg.bias_field_probability > 0 and rng.random() < cfg.bias_field_probability:
+        image = bias_field(rng, image, cfg.bias_field_strength)
     if cfg.thick_slice_probability > 0 and rng.random() < cfg.thick_slice_probability:
-        image = thick_slices(rng, image, tuple(cfg.thick_slice_mm), cfg.thick_slice_axis)  # type: ignore[arg-type]
+        image = thick_slices(rng, image, tuple(cfg.thick_slice_mm), cfg.thick_slice_axis,  # type: ignore[arg-type]
+                             tuple(cfg.thick_slice_in_plane_mm))  # type: ignore[arg-type]
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
