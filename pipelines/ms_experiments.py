@@ -90,13 +90,15 @@ def run(cmd: list[str], log: Path | None = None, backend: str | None = None) -> 
     print(f"  done in {time.time() - t0:.0f} s", flush=True)
 
 
-def case_folder(target: Path, cases: list[str]) -> Path:
-    """A folder of links to the chosen exams (lesionseg reads every case of a folder)."""
+def case_folder(target: Path, cases: list[str], source: Path = DATA) -> Path:
+    """A folder of links to the chosen exams of ``source`` (lesionseg reads every case of a folder)."""
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
     for case in cases:
-        (target / case).symlink_to(DATA / case, target_is_directory=True)
+        if not (source / case).is_dir():
+            sys.exit(f"{source / case}: missing (make it with lesionseg thick-slices, or leave out --eval-data)")
+        (target / case).symlink_to((source / case).resolve(), target_is_directory=True)
     return target
 
 
@@ -125,20 +127,23 @@ def untuned_predictions(prob_dir: Path, out_dir: Path) -> None:
 
 def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, config: Path = CONFIG,
                        tune_on_train: bool = False, train_backend: str | None = None,
-                       infer_sets: list[str] | None = None) -> None:
+                       infer_sets: list[str] | None = None, eval_data: Path | None = None) -> None:
     """Train on the fold's training exams, then (tune,) infer and evaluate its held-out exams.
 
     ``tune_on_train`` tunes the decision on the training exams (leave-one-patient-out: the held-out
     exam never influences its own threshold) instead of the held-out ones.  ``train_backend`` trains
     under that Keras backend (``torch`` trains about 2x faster than TensorFlow on this CPU); tuning,
     inference and evaluation always run as a user's would, on the default backend.  ``infer_sets``
-    are ``--set`` overrides of ``tune`` and ``infer`` (e.g. ``infer.overlap=0.25``).
+    are ``--set`` overrides of ``tune`` and ``infer`` (e.g. ``infer.overlap=0.25``).  ``eval_data``
+    holds other versions of the same exams (e.g. thick-slice ones from ``lesionseg thick-slices``):
+    training reads the shared exams, tuning, inference and evaluation read these.
     """
     train_cases, val_cases = split(fold)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{run_dir.name}.log"
     train_dir = case_folder(run_dir / "cases_train", train_cases)
-    val_dir = case_folder(run_dir / "cases_val", val_cases)
+    val_dir = case_folder(run_dir / "cases_val", val_cases, eval_data or DATA)
+    tune_dir = case_folder(run_dir / "cases_tune", train_cases, eval_data) if eval_data else train_dir
     extra = [x for s in ["train.val_fraction=0", *sets] for x in ("--set", s)]
     print(f"[{run_dir.name}] train on {', '.join(train_cases)}; validate on {', '.join(val_cases)}", flush=True)
     if not (run_dir / "model.keras").is_file():
@@ -146,7 +151,7 @@ def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, co
             log, backend=train_backend)
     isets = [x for s in (infer_sets or []) for x in ("--set", s)]
     if tune:
-        run([*LESIONSEG, "tune", "--model", str(run_dir), "--data", str(train_dir if tune_on_train else val_dir),
+        run([*LESIONSEG, "tune", "--model", str(run_dir), "--data", str(tune_dir if tune_on_train else val_dir),
              *isets], log)
     run([*LESIONSEG, "infer", "--model", str(run_dir), "--input", str(val_dir), "--out", str(run_dir / "pred"),
          *isets], log)
@@ -166,22 +171,23 @@ def cmd_lopo(args: argparse.Namespace) -> None:
     """Leave-one-patient-out with a recipe: train/tune/infer per left-out patient, then pooled reports."""
     config = Path(args.config).resolve()
     out = Path(args.out or f"runs/lopo/{config.stem}")
+    eval_data = Path(args.eval_data).resolve() if args.eval_data else None
     for patient in args.patients or list(PATIENTS):
         run_dir = out / patient
         if (run_dir / "report_untuned" / "summary.csv").is_file() and not args.force:
             print(f"[{patient}] done already ({run_dir})")
             continue
         train_and_evaluate(run_dir, patient, args.set, tune=True, config=config, tune_on_train=True,
-                           train_backend=args.train_backend, infer_sets=args.infer_set)
-    pooled_reports(out, config)
+                           train_backend=args.train_backend, infer_sets=args.infer_set, eval_data=eval_data)
+    pooled_reports(out, config, eval_data)
 
 
-def pooled_reports(out: Path, config: Path) -> None:
+def pooled_reports(out: Path, config: Path, eval_data: Path | None = None) -> None:
     """Evaluate the held-out predictions of every finished fold together: ``OUT/report[_untuned]``."""
     done = [p for p in PATIENTS if (out / p / "report_untuned" / "summary.csv").is_file()]
     if not done:
         return
-    cases = case_folder(out / "cases_all", [c for p in done for c in PATIENTS[p]])
+    cases = case_folder(out / "cases_all", [c for p in done for c in PATIENTS[p]], eval_data or DATA)
     for pred in ("pred", "pred_untuned"):
         pooled = out / pred
         if pooled.exists():
@@ -366,6 +372,8 @@ def main() -> None:
     lo.add_argument("--force", action="store_true", help="redo folds that have a report already")
     lo.add_argument("--infer-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override of tune and infer only (e.g. infer.overlap=0.25)")
+    lo.add_argument("--eval-data", help="tune, infer and evaluate on these versions of the exams (same case names, "
+                    "e.g. thick-slice ones from lesionseg thick-slices); training reads the shared exams")
     lo.add_argument("--train-backend", choices=["tensorflow", "torch", "jax"],
                     help="Keras backend of the training step only (default: the environment's)")
     lo.set_defaults(func=cmd_lopo)
