@@ -143,3 +143,30 @@ def test_robust_normalisation_is_stable_across_lesion_loads():
     background = brain.copy()
     background[:5] = 0
     assert (normalize_channel(background, "robust")[:5] == 0).all()  # outside the brain stays 0
+
+
+def test_tissue_normalisation_ignores_a_partial_volume_rim():
+    """A dim rim (thick slices resampled to 1 mm) moves robust statistics, not the tissue ones."""
+    from lesionseg.data.normalize import tissue_mask
+
+    rng = np.random.default_rng(1)
+    crisp = np.zeros((40, 40, 40), np.float32)
+    crisp[8:32, 8:32, 8:32] = rng.normal(100.0, 10.0, size=(24, 24, 24))  # white and grey matter
+    crisp[8:32, 8:32, 8:12] = rng.normal(30.0, 5.0, size=(24, 24, 4))  # CSF, dark on FLAIR
+    crisp[18:22, 18:22, 18:22] = 180.0  # a lesion
+    blurred = crisp.copy()
+    rim = np.zeros(crisp.shape, bool)
+    rim[2:38, 2:38, 2:38] = True
+    rim[8:32, 8:32, 8:32] = False
+    blurred[rim] = rng.uniform(5.0, 50.0, int(rim.sum()))  # partial volume of brain and background
+    lesion = np.zeros(crisp.shape, bool)
+    lesion[18:22, 18:22, 18:22] = True
+    value = {m: (float(normalize_channel(crisp, m, (0.0, 100.0))[lesion].mean()),
+                 float(normalize_channel(blurred, m, (0.0, 100.0))[lesion].mean())) for m in ("robust", "tissue")}
+    moved = {m: abs(a - b) / a for m, (a, b) in value.items()}
+    assert moved["tissue"] < 0.02 and moved["robust"] > 0.05, value
+    region = tissue_mask(blurred, blurred != 0)
+    assert not (region & rim).any() and region[8:32, 8:32, 12:32].mean() > 0.95 and not region[8:32, 8:32, 8:12].any()
+    flat = np.full((6, 6, 6), 3.0, np.float32)
+    assert tissue_mask(flat, flat != 0).all()  # one intensity: the whole foreground
+    assert (normalize_channel(blurred, "tissue")[blurred == 0] == 0).all()

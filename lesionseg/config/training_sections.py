@@ -50,10 +50,12 @@ class DataConfig:
     mask_values : {"binary", "positive"}
         ``binary``: a mask whose values are not all in {0, 1} is an error.
         ``positive``: any value > 0 is lesion (opt-in, for label maps).
-    normalization : {"zscore", "robust", "minmax", "none"}
+    normalization : {"zscore", "robust", "tissue", "minmax", "none"}
         Per-channel intensity normalisation, computed inside the non-zero
         (brain) region of each channel (``robust``: median and interquartile
-        range, stable across lesion loads; :func:`~lesionseg.data.normalize.normalize_channel`).
+        range, stable across lesion loads; ``tissue``: the same over the
+        voxels above the region's Otsu threshold, stable across slice
+        thickness; :func:`~lesionseg.data.normalize.normalize_channel`).
     clip_percentiles : tuple of float
         Percentiles (of the non-zero region) the intensities are clipped to
         before normalising.

@@ -12,7 +12,7 @@ import numpy as np
 
 from lesionseg.errors import LesionsegError
 
-METHODS = ("zscore", "robust", "minmax", "none")
+METHODS = ("zscore", "robust", "tissue", "minmax", "none")
 # The standard deviation of a normal distribution per unit of interquartile range.
 IQR_TO_SD = 1.0 / 1.349
 
@@ -23,6 +23,22 @@ def foreground_mask(channel: np.ndarray, min_fraction: float = 0.01) -> np.ndarr
     if mask.mean() < min_fraction:
         mask = np.ones_like(mask, dtype=bool)
     return mask
+
+
+def tissue_mask(channel: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """The voxels of ``foreground`` brighter than the Otsu threshold of its intensities.
+
+    On a FLAIR or T1 brain this is white and grey matter (and lesions) without CSF and without the
+    partial-volume rim of a brain resampled from thick slices.  A foreground of one intensity, or
+    a threshold that keeps fewer than 100 voxels, gives the foreground itself.
+    """
+    from skimage.filters import threshold_otsu  # local: only the tissue normalisation needs it
+
+    values = channel[foreground]
+    if values.size < 2 or float(values.min()) == float(values.max()):
+        return foreground
+    region = foreground & (channel > threshold_otsu(values))
+    return region if int(region.sum()) >= 100 else foreground
 
 
 def normalize_channel(
@@ -36,7 +52,7 @@ def normalize_channel(
     ----------
     channel : numpy.ndarray
         Raw intensities.
-    method : {"zscore", "robust", "minmax", "none"}
+    method : {"zscore", "robust", "tissue", "minmax", "none"}
         ``zscore``: clip to the percentiles of the non-zero region, then
         subtract its mean and divide by its standard deviation.
         ``robust``: clip likewise, then subtract the median and divide by
@@ -44,6 +60,14 @@ def normalize_channel(
         distribution with that IQR): a few percent of bright lesion voxels
         barely move either, so the same tissue gets the same value in a
         low-load and a high-load exam.
+        ``tissue``: as ``robust``, with median and interquartile range taken
+        over the *tissue* only: the non-zero voxels above the Otsu threshold
+        of the non-zero region (:func:`tissue_mask`).  CSF and the dim rim
+        that partial volume leaves around a brain resampled from thick slices
+        drop out of the statistics, so a lesion gets about the same value in a
+        1 mm exam and in a 7 mm thick-slice version of it (measured on the
+        shared exams: lesion median 2.15 / 1.79 here, 1.53 / 0.74 with
+        ``robust``).
         ``minmax``: clip likewise, then scale that range to [0, 1].
     clip_percentiles : tuple of float
         Lower and upper percentile (0–100) of the non-zero region.
@@ -66,8 +90,9 @@ def normalize_channel(
         clipped = out[fg]
         mean, std = float(clipped.mean()), float(clipped.std())
         out = (out - mean) / (std if std > 1e-8 else 1.0)
-    elif method == "robust":
-        q1, median, q3 = (float(q) for q in np.percentile(out[fg], (25.0, 50.0, 75.0)))
+    elif method in ("robust", "tissue"):
+        region = tissue_mask(out, fg) if method == "tissue" else fg
+        q1, median, q3 = (float(q) for q in np.percentile(out[region], (25.0, 50.0, 75.0)))
         spread = (q3 - q1) * IQR_TO_SD
         out = (out - median) / (spread if spread > 1e-8 else 1.0)
     else:
