@@ -19,10 +19,14 @@ CHROMIUM = "/usr/bin/chromium"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("report", type=Path)
+    parser.add_argument("report", type=Path, nargs="?", default=Path("runs/lopo/threshold_baseline/report_html"),
+                        help="a folder with report.html (default: the threshold baseline's leave-one-patient-out report)")
     parser.add_argument("--case", help="case whose viewer is opened (default: the first)")
     parser.add_argument("--screenshot", type=Path)
     args = parser.parse_args()
+    if not (args.report / "report.html").is_file():
+        print(f"bench_report: no {args.report / 'report.html'} (make one with lesionseg evaluate); nothing measured")
+        return 0
     from playwright.sync_api import sync_playwright
 
     page_file = args.report / "report.html"
