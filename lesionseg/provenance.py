@@ -69,8 +69,12 @@ class Source:
 
 
 def write_record(out_dir: Path, case_id: str, source: Source, threshold: float, min_mm3: float,
-                 seconds: float) -> Path:
-    """Write ``<case>_record.json`` atomically; call it after the case's two images are written."""
+                 seconds: float, cohort: dict[str, object] | None = None) -> Path:
+    """Write ``<case>_record.json`` atomically; call it after the case's two images are written.
+
+    ``cohort`` is the case's ``cohort.csv`` row, kept in the record so that a run killed between the
+    record and the row can restore the row (:func:`read_cohort_row`).
+    """
     record = {
         "case": case_id,
         "model": source.model,
@@ -82,6 +86,8 @@ def write_record(out_dir: Path, case_id: str, source: Source, threshold: float, 
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 2),
     }
+    if cohort is not None:
+        record["cohort"] = cohort
     path = Path(out_dir) / f"{case_id}{RECORD_SUFFIX}"
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
@@ -98,6 +104,18 @@ def read_source(pred_dir: Path, case_id: str) -> Source | None:
         return Source(str(raw["model"]), str(raw["model_sha256"]), str(raw["config_sha256"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise LesionsegError(f"{path}: not a valid prediction record ({exc})") from None
+
+
+def read_cohort_row(pred_dir: Path, case_id: str) -> dict[str, object] | None:
+    """The ``cohort.csv`` row kept in a case's record; ``None`` without a record or a row in it."""
+    path = Path(pred_dir) / f"{case_id}{RECORD_SUFFIX}"
+    if not path.is_file():
+        return None
+    try:
+        row = json.loads(path.read_text()).get("cohort")
+    except (ValueError, AttributeError):
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def is_complete(pred_dir: Path, case_id: str, source: Source) -> bool:

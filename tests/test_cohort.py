@@ -76,6 +76,24 @@ def test_keep_going_predicts_every_good_exam_and_lists_the_bad_one(cohort, sampl
     assert len(_rows(pred / "cohort.csv")) == 9
 
 
+def test_a_row_lost_between_record_and_cohort_csv_comes_back_on_rerun(cohort, samples_dir, tmp_path):
+    """A kill after an exam's record is written and before its cohort.csv row: the rerun keeps the exam
+    (it is complete) and restores its row from the record, so cohort.csv lists every finished exam."""
+    _, run = cohort
+    pred = tmp_path / "pred"
+    args = ["infer", "--model", str(run), "--input", str(samples_dir), "--out", str(pred)]
+    assert main(args) == 0
+    full = _rows(pred / "cohort.csv")
+    with open(pred / "cohort.csv", "w", newline="") as fh:  # as the killed run left it: sample02's row missing
+        writer = csv.DictWriter(fh, fieldnames=list(full[0]))
+        writer.writeheader()
+        writer.writerows([r for r in full if r["case"] != "sample02"])
+    stamp = (pred / "sample02_pred.nii.gz").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (pred / "sample02_pred.nii.gz").stat().st_mtime_ns == stamp  # kept, not predicted again
+    assert _rows(pred / "cohort.csv") == full
+
+
 @pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_gives_the_clean_runs_outputs(samples_dir, tmp_path):
     run = tmp_path / "unet"

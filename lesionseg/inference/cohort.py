@@ -23,7 +23,7 @@ import numpy as np
 
 from lesionseg.data.labels import label_components
 from lesionseg.data.writing import atomic_path
-from lesionseg.provenance import Source
+from lesionseg.provenance import Source, read_cohort_row
 
 COHORT_FILE = "cohort.csv"
 FAILURES_FILE = "failures.csv"
@@ -78,18 +78,29 @@ def append_cohort_row(out_dir: Path, row: dict[str, object]) -> None:
         fh.flush()
 
 
-def compact_cohort(out_dir: Path, case_order: list[str]) -> None:
-    """Rewrite ``cohort.csv`` with one row per exam (its latest), in ``case_order`` (others after)."""
+def compact_cohort(out_dir: Path, case_order: list[str], complete: Iterable[str] = ()) -> None:
+    """Rewrite ``cohort.csv`` with one row per exam (its latest), in ``case_order`` (others after).
+
+    An exam in ``complete`` (its outputs and record are in ``out_dir``) whose row is missing — a run
+    killed after the exam's record and before its row — gets the row kept in its record back.
+    """
     path = Path(out_dir) / COHORT_FILE
-    if not path.is_file():
-        return
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("case") and len(r) == len(COHORT_COLUMNS)]
-    latest: dict[str, dict[str, str]] = {}
+    rows: list[dict[str, object]] = []
+    if path.is_file():
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("case") and len(r) == len(COHORT_COLUMNS)]
+    latest: dict[str, dict[str, object]] = {}
     for r in rows:
-        latest[r["case"]] = r
+        latest[str(r["case"])] = r
+    for case_id in complete:
+        if case_id not in latest:
+            kept = read_cohort_row(out_dir, case_id)
+            if kept is not None and set(kept) == set(COHORT_COLUMNS):
+                latest[case_id] = kept
+    if not latest:
+        return
     order = {c: i for i, c in enumerate(case_order)}
-    ordered = sorted(latest.values(), key=lambda r: (order.get(r["case"], len(order)), r["case"]))
+    ordered = sorted(latest.values(), key=lambda r: (order.get(str(r["case"]), len(order)), str(r["case"])))
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=COHORT_COLUMNS)

@@ -122,9 +122,9 @@ def predict_case(
     row = None
     if source is not None:
         threshold, min_mm3 = resolve_decision(config.infer, tuned)
-        write_record(out_dir, case.case_id, source, threshold, min_mm3, time.perf_counter() - t0)
         row = cohort_row(case.case_id, pred, case.grid.zooms, config.infer.connectivity, source,
                          time.perf_counter() - t0)
+        write_record(out_dir, case.case_id, source, threshold, min_mm3, time.perf_counter() - t0, cohort=row)
     log.info(
         "%s: %d lesion voxel(s) predicted, %.1f s",
         case.case_id,
@@ -251,7 +251,7 @@ def run_inference(
                 kept += _predict(run_dir, config, todo, out_dir, tuned, source, keep_going, failures, threshold,
                                  min_mm3)
     finally:
-        compact_cohort(out_dir, all_ids)
+        compact_cohort(out_dir, all_ids, complete=[c.name for c in done])
         if keep_going:
             write_failures(out_dir, failures)
     if failures:
