@@ -13,7 +13,7 @@ SET    ?=
 LESIONSEG := $(BIN)/lesionseg
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install niivue test demo check patches train infer tune evaluate compare samples bench clean train-ms crossval-ms study-ms study-summary lopo-ms verify-ms
+.PHONY: install niivue test demo check patches train infer tune evaluate compare samples bench clean train-ms crossval-ms study-ms study-summary lopo-ms verify-ms gpu-pack
 
 install: $(STAMP) niivue  ## create the virtual environment and install lesionseg (+ test tools, the report's viewer)
 
@@ -89,6 +89,10 @@ lopo-ms: install  ## real MS exams: leave-one-patient-out of the threshold basel
 	$(MS) lopo --config pipelines/threshold_baseline.toml
 	$(MS) lopo --config $(or $(RECIPE),pipelines/ms_flair_t1.toml) $(SET)
 	$(MS) lopo-table
+
+gpu-pack: install  ## a lent GPU machine: wheels + compact cache of RECIPE (default ms_flair) -> .whl, .gpu (README)
+	test -n "$$(ls .whl/*.whl 2>/dev/null)" || $(BIN)/python pipelines/gpu.py wheels
+	$(BIN)/python pipelines/gpu.py pack --config $(or $(RECIPE),pipelines/ms_flair.toml) --out .gpu
 
 verify-ms: install  ## the shipped models/ms_flair_t1 on its held-out exams: the model card's figures
 	$(MS) verify
