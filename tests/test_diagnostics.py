@@ -219,3 +219,15 @@ def test_nan_loss_stops_and_keeps_last_good_weights(caplog):
     for w, good in zip(model.get_weights(), start):
         assert np.all(np.isfinite(w))
         np.testing.assert_array_equal(w, good)
+
+
+def test_non_negative_outputs_of_a_linear_head_are_not_called_a_misplaced_activation():
+    # lesionseg's U-Net is checked to emit logits; outputs >= 0 then mean dead/positive features
+    # (a 4-filter net under one seed did this at its first epoch), not a ReLU on the head
+    plain = TrainingMonitor().check_outputs(0.0, 9.3, epoch=1)
+    linear = TrainingMonitor(linear_head=True).check_outputs(0.0, 9.3, epoch=1)
+    assert plain[0].code == linear[0].code == "logits"
+    assert "ReLU sits on the output" in plain[0].message
+    assert "linear" in linear[0].message and "ReLU sits on the output" not in linear[0].message
+    assert "base_filters" in linear[0].message
+    assert TrainingMonitor(linear_head=True).check_outputs(-1.0, 2.0, epoch=1) == []

@@ -133,6 +133,16 @@ def _logits_message(kind: str, lo: float, hi: float, head: str) -> str:
     )
 
 
+def _state_message(lo: float, hi: float, head: str) -> str:
+    return (
+        f"outputs never negative: all raw model outputs on the probe batch are >= 0 (min {lo:.3g}, max {hi:.3g}) "
+        f"although the output layer is linear (no activation, checked), so the {head} head cannot say "
+        "'background' anywhere yet. Likely cause: the ReLU features under the head are dead or all positive "
+        "(a small network, e.g. few filters, or an unlucky initialisation); it often passes within an epoch. "
+        "If it persists: more filters (model.base_filters), another train.seed, or a smaller learning rate."
+    )
+
+
 def _nan_message(loss: float, where: str) -> str:
     return (
         f"loss is {loss} at {where}: training stops and the last good weights are kept. Likely causes: "
@@ -251,6 +261,10 @@ class TrainingMonitor:
         ``everything``: predicted foreground above half the voxels and this
         many times the true lesion fraction, not shrinking, counts as
         "lesion everywhere".
+    linear_head : bool
+        The model's output layer is known to carry no activation (lesionseg's U-Net, checked
+        when it is built): outputs that are all ≥ 0 then come from the network's state, not from
+        a misplaced activation, and ``logits`` says so.
     """
 
     head: str = "sigmoid"
@@ -261,6 +275,7 @@ class TrainingMonitor:
     collapse_ratio: float = 0.05
     separation: float = 0.1
     flood_ratio: float = 10.0
+    linear_head: bool = False
     history: list[EpochStats] = field(default_factory=list)
     fired: dict[str, int] = field(default_factory=dict)
 
@@ -298,6 +313,8 @@ class TrainingMonitor:
         kind = output_range_problem(logit_min, logit_max)
         if kind is None:
             return []
+        if self.linear_head:
+            return self._emit("logits", epoch, _state_message(logit_min, logit_max, self.head))
         return self._emit("logits", epoch, _logits_message(kind, logit_min, logit_max, self.head))
 
     def check_validation(self, epoch: int, n_cases: int, n_lesions: int, pred_fg: float) -> list[Finding]:

@@ -238,7 +238,7 @@ def _train(run: _Setup, callbacks: list[Any]) -> Path:
     )
     model, loss_fn = _build_model(run)
     state, history = RunState(lr=cfg.learning_rate), []
-    monitor = TrainingMonitor(head=config.model.head, loss_name=config.loss.name)
+    monitor = TrainingMonitor(head=config.model.head, loss_name=config.loss.name, linear_head=True)  # build_unet checks it
     if run.resume:
         state, history = _resume(run, model, monitor)
         if state.stopped_early or state.epoch >= cfg.epochs:
