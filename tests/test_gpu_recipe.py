@@ -93,3 +93,27 @@ def test_merge_study_adds_only_new_cells(gpu, tmp_path):
     with open(local, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["cell"], r["TP"]) for r in rows] == [("a", "3"), ("b", "5")]
+
+
+@pytest.mark.slow
+def test_device_study_runs_only_the_cells_missing_from_the_committed_results(gpu, samples_dir, tmp_path):
+    from test_study import write_study
+
+    (tmp_path / "study").mkdir()
+    study = write_study(tmp_path / "study" / "study.toml", '"loss.name" = ["dice", "bce"]')
+    pack = tmp_path / "pack"
+    gpu.main(["pack", "--config", str(REPO / "pipelines" / "smoke.toml"), "--data", str(samples_dir), "--out",
+              str(pack)])
+    first = tmp_path / "out1"
+    gpu.main(["device-study", "--study", str(study), "--pack", str(pack), "--out", str(first), "--run",
+              str(tmp_path / "run1"), "--parallel", "1", "--limit", "1"])
+    with open(first / "results.csv", newline="") as fh:
+        assert [r["loss"] for r in csv.DictReader(fh)] == ["dice"]
+    (first / "results.csv").replace(study.parent / "results.csv")  # as committed beside the study file
+    second = tmp_path / "out2"
+    gpu.main(["device-study", "--study", str(study), "--pack", str(pack), "--out", str(second), "--run",
+              str(tmp_path / "run2"), "--parallel", "1"])
+    assert not (tmp_path / "run2" / "cells" / "loss.name-dice_fold-A").exists()  # not run again
+    gpu.main(["merge-study", "--from", str(second), "--into", str(study.parent / "results.csv")])
+    with open(study.parent / "results.csv", newline="") as fh:
+        assert sorted(r["loss"] for r in csv.DictReader(fh)) == ["bce", "dice"]
