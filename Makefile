@@ -13,7 +13,7 @@ SET    ?=
 LESIONSEG := $(BIN)/lesionseg
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install niivue test demo check patches train infer tune evaluate compare samples bench clean train-ms crossval-ms study-ms study-summary lopo-ms verify-ms gpu-pack
+.PHONY: install niivue test demo check patches train infer tune evaluate compare samples bench clean train-ms crossval-ms study-ms study-summary lopo-ms verify-ms gpu-pack train-ms-flair
 
 install: $(STAMP) niivue  ## create the virtual environment and install lesionseg (+ test tools, the report's viewer)
 
@@ -72,6 +72,13 @@ bench: install  ## run the benchmarks in bench/
 MS := $(BIN)/python pipelines/ms_experiments.py
 train-ms: install  ## real MS exams: train, tune, infer, evaluate fold A (runs/ms/foldA; the shipped model's recipe)
 	$(MS) fold A $(SET)
+
+train-ms-flair: install  ## real MS exams: models/ms_flair as shipped (all 6 exams, FLAIR only, torch; tuned on 7 mm versions) -> runs/ms_flair_all
+	$(BIN)/python -m pip install -q -e '.[dev,torch]'
+	test -d runs/ms_thick || $(LESIONSEG) thick-slices --config pipelines/ms_flair.toml --data ../shared/data/ms_lesions --out runs/ms_thick --slice-mm 7
+	KERAS_BACKEND=torch $(LESIONSEG) train --config pipelines/ms_flair.toml --data ../shared/data/ms_lesions --out runs/ms_flair_all --overwrite --set train.threads=1 --set train.epochs=24 $(SET)
+	$(LESIONSEG) tune --model runs/ms_flair_all --data runs/ms_thick --set infer.overlap=0.25
+	@echo "python pipelines/ms_experiments.py ship --run runs/ms_flair_all --to models/ms_flair   # to replace the shipped model"
 
 crossval-ms: install  ## real MS exams: both folds, then the per-exam table (runs/ms_per_exam.csv)
 	$(MS) fold A $(SET)
