@@ -279,3 +279,11 @@ def test_history_round_trip_and_curves(tmp_path):
     assert back[1]["diagnostics"] == "collapse" and math.isnan(back[0]["val_dice"])
     png = plot_curves(back, tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_jit_compile_is_on_for_jax_and_off_for_torch_and_tensorflow_on_cpu():
+    # JAX without jit runs the train step op by op (a GPU then idles); XLA slows Conv3D on CPU TensorFlow
+    from lesionseg.training.distribution import jit_compile
+
+    assert jit_compile("jax") is True and jit_compile("torch") is False
+    assert jit_compile("tensorflow") in (False, "auto")

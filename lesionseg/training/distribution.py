@@ -106,13 +106,17 @@ def scope(strategy: Any) -> contextlib.AbstractContextManager:
 
 
 def jit_compile(backend: str) -> bool | str:
-    """``jit_compile`` for ``model.compile``: XLA off on CPU (slower there and a long first step),
-    automatic on GPUs."""
+    """``jit_compile`` for ``model.compile``.
+
+    TensorFlow: XLA off on CPU (slower there and a long first step), automatic on GPUs.  JAX: always
+    on — without it Keras runs the train step op by op, which starves a GPU.  torch: off (eager;
+    ``torch.compile`` would add minutes of compilation to short runs).
+    """
     if backend == "tensorflow":
         import tensorflow as tf  # local: backend chosen at run time; not loaded under jax/torch
 
         return "auto" if tf.config.list_physical_devices("GPU") else False
-    return False
+    return backend == "jax"
 
 
 def check_replicas(batch_size: int, n_replicas: int, strategy_name: str) -> None:
