@@ -119,6 +119,21 @@ def test_summary_pools_seeds_and_folds(tmp_path):
     assert list(table.runs) == [2, 2]
     assert table.FP_mean.tolist() == [3.0, 20.0]
     assert table.FP.iloc[1].startswith("20 ± 14")
+    assert list(table.over_segmented_runs) == [0, 0]
+
+
+def test_summary_counts_over_segmented_runs(tmp_path):
+    # a blob over the brain "finds" every lesion under the any criterion: F1 1.0 at Dice 0.03
+    from lesionseg.study.summary import summarize
+
+    base = {"variant": "tuned", "loss": "dice", "head": "sigmoid", "fold": "L19", "GT": 87, "FN": 0, "FP": 0,
+            "TP": 87, "lesion_precision": 1.0, "lesion_recall": 1.0, "lesion_f1": 1.0, "dice": 0.034,
+            "truth_volume_ml": 49.8, "blank_exams": 0, "diagnostics": "", "train_seconds": 1, "cell_seconds": 2}
+    rows = [{**base, "cell": "a", "seed": 0, "pred_volume_ml": 2871.5},
+            {**base, "cell": "b", "seed": 1, "pred_volume_ml": 498.0},  # exactly 10x: not over
+            {**base, "cell": "c", "seed": 2, "pred_volume_ml": 55.0}]
+    table = summarize(pd.DataFrame(rows))
+    assert list(table.over_segmented_runs) == [1]
 
 
 def test_study_errors_are_one_line(samples_dir, tmp_path, capsys):

@@ -3,7 +3,7 @@
 ``lesionseg study --summarize --out STUDY_DIR`` writes ``STUDY_DIR/table.csv``,
 ``STUDY_DIR/table.md`` (per variant, per loss × head and any other grid key:
 runs, GT/TP/FP/FN, precision, recall, lesion F1 and Dice as mean ± sd over
-seeds and folds, and how many runs predicted nothing) and ``STUDY_DIR/tp_fp.png``.
+seeds and folds, how many runs predicted nothing and how many over-segmented) and ``STUDY_DIR/tp_fp.png``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,18 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.3g} ± {values.std(ddof=1):.2g}"
 
 
+def over_segmented_runs(df: pd.DataFrame) -> pd.Series:
+    """Rows whose predicted lesion volume is over 10x the truth's (:func:`~lesionseg.evaluation.scoring.over_segmented`).
+
+    Under the ``any`` criterion such a prediction touches most true lesions by chance: its TP,
+    recall and lesion F1 say nothing (one blob over a whole brain scores F1 1.0), so the table
+    counts them beside the means.
+    """
+    from lesionseg.evaluation.scoring import OVERSEGMENTATION
+
+    return (df.truth_volume_ml > 0) & (df.pred_volume_ml > OVERSEGMENTATION * df.truth_volume_ml)
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per variant and grid combination (seeds and folds pooled): mean ± sd of each count.
 
@@ -54,7 +66,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     pandas.DataFrame
         Columns: the grouping columns, ``runs``, ``blank_runs`` (runs whose every held-out exam was
         predicted blank), ``collapse_diagnostic`` (runs where training's blank-collapse diagnostic
-        fired), then ``GT`` ... ``dice`` as text ``mean ± sd`` and the numeric ``TP_mean``, ``TP_sd``,
+        fired), ``over_segmented_runs`` (runs predicting over 10x the true lesion volume, whose
+        lesion counts mean nothing), then ``GT`` ... ``dice`` as text ``mean ± sd`` and the numeric ``TP_mean``, ``TP_sd``,
         ``FP_mean``, ``FP_sd``, ``f1_mean``, ``f1_sd`` used by the plot.
     """
     groups = [c for c in df.columns if c not in NOT_GROUPS]
@@ -66,6 +79,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row["blank_runs"] = int((part.TP + part.FP == 0).sum())
         diag = part.diagnostics.fillna("").astype(str)
         row["collapse_diagnostic"] = int(diag.str.contains("blank|collapse").sum())
+        row["over_segmented_runs"] = int(over_segmented_runs(part).sum())
         for col in SPREAD:
             row[col] = _mean_sd(part[col])
         for col, name in (("TP", "TP"), ("FP", "FP"), ("lesion_f1", "f1")):
