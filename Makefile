@@ -10,10 +10,11 @@ PRED   ?= $(RUN)/pred
 OUT    ?= $(RUN)/report
 PATCHES ?= $(RUN)/patches
 SET    ?=
+MASKS  ?= ../shared/data/lesjak_masks
 LESIONSEG := $(BIN)/lesionseg
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install niivue test demo check patches train infer tune evaluate compare samples bench clean train-ms crossval-ms study-ms study-summary lopo-ms verify-ms gpu-pack train-ms-flair
+.PHONY: install niivue test demo check patches train infer tune atlas evaluate compare samples bench clean train-ms crossval-ms study-ms study-summary lopo-ms verify-ms gpu-pack train-ms-flair
 
 install: $(STAMP) niivue  ## create the virtual environment and install lesionseg (+ test tools, the report's viewer)
 
@@ -53,6 +54,9 @@ infer: install  ## predict DATA with the model in RUN into PRED
 
 tune: install  ## tune threshold and minimum lesion size of RUN on DATA
 	$(LESIONSEG) tune --model $(RUN) --data $(DATA) $(SET)
+
+atlas: install  ## store a lesion atlas of MASKS (default: the shared Lesjak masks) with RUN; tune then tunes its cut-off
+	$(LESIONSEG) atlas --model $(RUN) --masks $(MASKS) $(SET)
 
 evaluate: install  ## lesion-wise evaluation of PRED against DATA into OUT
 	$(LESIONSEG) evaluate --pred $(PRED) --truth $(DATA) --out $(OUT) --config $(CONFIG) $(SET)

@@ -129,6 +129,25 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     _add_config_args(p)
 
 
+def _add_atlas(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "atlas",
+        help="store a lesion atlas with a run: infer drops predicted lesions where no atlas patient had one",
+        description="Average lesion masks of other patients on the exams' standard grid (e.g. MNI152 1 mm), "
+        "smooth it and store it as RUN/lesion_atlas.nii.gz with a cut-off calibrated on the masks (leave one "
+        "out: keep --coverage of an unseen patient's lesions). infer then drops predicted lesions lying wholly "
+        "below the cut-off (infer.min_atlas overrides it; infer.tune_min_atlas makes tune tune it).",
+    )
+    p.add_argument("--model", type=Path, required=True, help="run folder that receives lesion_atlas.nii.gz")
+    p.add_argument("--masks", type=Path, required=True, help="folder of lesion masks (*.nii.gz), all on one grid")
+    p.add_argument("--exclude", nargs="*", default=[], metavar="TEXT",
+                   help="leave out masks whose file name contains any of these (e.g. the evaluated patients)")
+    p.add_argument("--sigma-mm", type=float, default=2.0, help="Gaussian smoothing in mm (default 2)")
+    p.add_argument("--coverage", type=float, default=0.95,
+                   help="calibrate the cut-off to keep this fraction of the lesions of a patient the atlas has "
+                   "not seen (leave one mask out; default 0.95; 1 = no cut-off until one is set or tuned)")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -229,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_infer(sub)
     _add_tune(sub)
+    _add_atlas(sub)
     _add_evaluate(sub)
     _add_compare(sub)
     _add_samples(sub)
@@ -338,6 +358,32 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from lesionseg.inference.atlas import build_atlas, calibrate_cut_off, write_atlas
+
+    if not args.masks.is_dir():
+        raise LesionsegError(f"{args.masks}: not a folder of lesion masks")
+    if not (args.model / "config.yaml").is_file():
+        raise LesionsegError(f"{args.model / 'config.yaml'}: missing; is {args.model} a lesionseg run folder?")
+    if not args.sigma_mm >= 0:
+        raise LesionsegError(f"atlas: --sigma-mm must be >= 0, got {args.sigma_mm}")
+    if not 0 < args.coverage <= 1:
+        raise LesionsegError(f"atlas: --coverage must be in (0, 1], got {args.coverage}")
+    masks = sorted(m for m in args.masks.glob("*.nii*") if not any(x and x in m.name for x in args.exclude))
+    if not masks:
+        raise LesionsegError(f"{args.masks}: no *.nii/*.nii.gz mask left (after --exclude {' '.join(args.exclude)})")
+    atlas = build_atlas(masks, args.sigma_mm)
+    cut, n_lesions = calibrate_cut_off(masks, args.sigma_mm, args.coverage) if len(masks) > 1 else (0.0, 0)
+    atlas = replace(atlas, min_atlas=cut)
+    path = write_atlas(args.model, atlas, masks, args.sigma_mm,
+                       {"coverage": args.coverage, "lesions": n_lesions, "method": "leave one mask out"})
+    log.info("lesion atlas of %d mask(s) (%d left out), sigma %.3g mm: %s; cut-off %.4g keeps %.0f %% of the "
+             "%d lesions of a left-out mask%s", len(masks), len(list(args.masks.glob("*.nii*"))) - len(masks),
+             args.sigma_mm, path, cut, 100 * args.coverage, n_lesions,
+             "" if cut > 0 else " (no cut-off: infer applies none until infer.min_atlas is set or tuned)")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.overlays:
@@ -428,7 +474,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.command == "compare":
         check_output_file(args.out)
         return
-    if args.command == "tune":  # writes tuning.json into the run folder
+    if args.command in ("tune", "atlas"):  # write tuning.json / lesion_atlas.nii.gz into the run folder
         check_output_folder(args.model)
         return
     if args.command == "report":  # rewrites report.html in the report folder
@@ -450,6 +496,7 @@ COMMANDS = {
     "train": cmd_train,
     "infer": cmd_infer,
     "tune": cmd_tune,
+    "atlas": cmd_atlas,
     "evaluate": cmd_evaluate,
     "compare": cmd_compare,
     "samples": cmd_samples,

@@ -4,7 +4,7 @@
 files (atomically, last, so a record means the case is complete)::
 
     {"case": "sample01", "model": "runs/samples", "model_sha256": "…", "config_sha256": "…",
-     "threshold": 0.5, "min_lesion_mm3": 0.0, "lesionseg": "0.1.0", "written": "2026-…Z",
+     "threshold": 0.5, "min_lesion_mm3": 0.0, "min_atlas": 0.0, "lesionseg": "0.1.0", "written": "2026-…Z",
      "seconds": 3.2}
 
 ``lesionseg evaluate`` reads them and refuses a folder whose predictions come from more than
@@ -69,7 +69,7 @@ class Source:
 
 
 def write_record(out_dir: Path, case_id: str, source: Source, threshold: float, min_mm3: float,
-                 seconds: float, cohort: dict[str, object] | None = None) -> Path:
+                 seconds: float, cohort: dict[str, object] | None = None, min_atlas: float = 0.0) -> Path:
     """Write ``<case>_record.json`` atomically; call it after the case's two images are written.
 
     ``cohort`` is the case's ``cohort.csv`` row, kept in the record so that a run killed between the
@@ -82,6 +82,7 @@ def write_record(out_dir: Path, case_id: str, source: Source, threshold: float, 
         "config_sha256": source.config_sha256,
         "threshold": threshold,
         "min_lesion_mm3": min_mm3,
+        "min_atlas": min_atlas,
         "lesionseg": __version__,
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 2),
@@ -118,11 +119,28 @@ def read_cohort_row(pred_dir: Path, case_id: str) -> dict[str, object] | None:
     return row if isinstance(row, dict) else None
 
 
-def is_complete(pred_dir: Path, case_id: str, source: Source) -> bool:
-    """True when the case's two images and its record are in ``pred_dir`` and the record names ``source``."""
+def is_complete(pred_dir: Path, case_id: str, source: Source,
+                decision: tuple[float, float, float] | None = None) -> bool:
+    """True when the case's two images and its record are in ``pred_dir`` and the record names ``source``.
+
+    With ``decision`` = (threshold, min_lesion_mm3, min_atlas), the record must also hold that
+    decision: a model tuned again since (``tuning.json``) predicts the case again.
+    """
     pred_dir = Path(pred_dir)
     images = all((pred_dir / f"{case_id}_{kind}.nii.gz").is_file() for kind in ("prob", "pred"))
-    return images and read_source(pred_dir, case_id) == source
+    if not images or read_source(pred_dir, case_id) != source:
+        return False
+    return decision is None or read_decision(pred_dir, case_id) == tuple(float(x) for x in decision)
+
+
+def read_decision(pred_dir: Path, case_id: str) -> tuple[float, float, float] | None:
+    """(threshold, min_lesion_mm3, min_atlas) of a case's record; ``None`` without a readable one."""
+    path = Path(pred_dir) / f"{case_id}{RECORD_SUFFIX}"
+    try:
+        raw = json.loads(path.read_text())
+        return (float(raw["threshold"]), float(raw["min_lesion_mm3"]), float(raw.get("min_atlas", 0.0)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def check_single_source(pred_dir: Path, case_ids: Iterable[str]) -> None:

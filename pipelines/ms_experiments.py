@@ -11,6 +11,8 @@ Every step goes through the ``lesionseg`` command line, exactly as a user would 
     python pipelines/ms_experiments.py verify          # the shipped model on its held-out exams = its card
     python pipelines/ms_experiments.py lopo            # leave-one-patient-out: 4 folds -> runs/lopo/<recipe>
     python pipelines/ms_experiments.py lopo --config pipelines/OTHER.toml   # the same for another recipe
+    python pipelines/ms_experiments.py lopo --config pipelines/OTHER.toml --atlas   # + the lesion-atlas filter, tuned
+    python pipelines/ms_experiments.py lopo --atlas --models-from runs/lopo/R --out runs/lopo/R_atlas  # same nets
     python pipelines/ms_experiments.py lopo-table      # every recipe's per-exam + pooled table -> runs/lopo/
 
 The 6 exams are 4 patients (the three ``mslesseg_P14_*`` exams are one patient), so the split is by
@@ -46,6 +48,10 @@ sys.path.insert(0, str(ROOT))  # this checkout's lesionseg, also when run from a
 DATA = ROOT.parent / "shared" / "data" / "ms_lesions"
 CONFIG = ROOT / "pipelines" / "ms_flair_t1.toml"
 LESIONSEG = [sys.executable, "-m", "lesionseg"]
+# Lesion atlas (``--atlas``): the Lesjak masks of the other patients; the shared exams' own two Lesjak
+# patients are always left out, so no fold's atlas has seen the exam it scores (patient26 is not there).
+ATLAS_MASKS = ROOT.parent / "shared" / "data" / "lesjak_masks"
+ATLAS_EXCLUDE = ["patient07", "patient19"]
 
 # Leave-one-patient-out: patient -> its exams.
 PATIENTS = {
@@ -127,7 +133,8 @@ def untuned_predictions(prob_dir: Path, out_dir: Path) -> None:
 
 def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, config: Path = CONFIG,
                        tune_on_train: bool = False, train_backend: str | None = None,
-                       infer_sets: list[str] | None = None, eval_data: Path | None = None) -> None:
+                       infer_sets: list[str] | None = None, eval_data: Path | None = None,
+                       atlas: bool = False) -> None:
     """Train on the fold's training exams, then (tune,) infer and evaluate its held-out exams.
 
     ``tune_on_train`` tunes the decision on the training exams (leave-one-patient-out: the held-out
@@ -136,7 +143,9 @@ def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, co
     inference and evaluation always run as a user's would, on the default backend.  ``infer_sets``
     are ``--set`` overrides of ``tune`` and ``infer`` (e.g. ``infer.overlap=0.25``).  ``eval_data``
     holds other versions of the same exams (e.g. thick-slice ones from ``lesionseg thick-slices``):
-    training reads the shared exams, tuning, inference and evaluation read these.
+    training reads the shared exams, tuning, inference and evaluation read these.  ``atlas`` stores
+    a lesion atlas of the other Lesjak patients with the run before tuning (the tuning then tries
+    its cut-offs too).
     """
     train_cases, val_cases = split(fold)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +159,10 @@ def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, co
         run([*LESIONSEG, "train", "--config", str(config), "--data", str(train_dir), "--out", str(run_dir), *extra],
             log, backend=train_backend)
     isets = [x for s in (infer_sets or []) for x in ("--set", s)]
-    if tune:
+    if atlas:
+        run([*LESIONSEG, "atlas", "--model", str(run_dir), "--masks", str(ATLAS_MASKS),
+             "--exclude", *ATLAS_EXCLUDE], log)
+    if tune and not (run_dir / "tuning.json").is_file():  # kept on a rerun; a retrained model has none
         run([*LESIONSEG, "tune", "--model", str(run_dir), "--data", str(tune_dir if tune_on_train else val_dir),
              *isets], log)
     run([*LESIONSEG, "infer", "--model", str(run_dir), "--input", str(val_dir), "--out", str(run_dir / "pred"),
@@ -177,9 +189,24 @@ def cmd_lopo(args: argparse.Namespace) -> None:
         if (run_dir / "report_untuned" / "summary.csv").is_file() and not args.force:
             print(f"[{patient}] done already ({run_dir})")
             continue
+        if args.models_from and not (run_dir / "model.keras").is_file():
+            reuse_fold_model(Path(args.models_from) / patient, run_dir)
         train_and_evaluate(run_dir, patient, args.set, tune=True, config=config, tune_on_train=True,
-                           train_backend=args.train_backend, infer_sets=args.infer_set, eval_data=eval_data)
+                           train_backend=args.train_backend, infer_sets=args.infer_set, eval_data=eval_data,
+                           atlas=args.atlas)
     pooled_reports(out, config, eval_data)
+
+
+def reuse_fold_model(source: Path, run_dir: Path) -> None:
+    """Copy a fold's trained model and tuned decision from another LOPO folder, to add e.g. the atlas filter."""
+    if not (source / "model.keras").is_file():
+        sys.exit(f"{source / 'model.keras'}: missing; train that fold first")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("model.keras", "config.yaml", "history.csv", "train.log", "curves.png", "split.csv",
+                 "tuning.json", "tuning.csv"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, run_dir / name)
+    print(f"[{run_dir.name}] model of {source} reused", flush=True)
 
 
 def pooled_reports(out: Path, config: Path, eval_data: Path | None = None) -> None:
@@ -305,7 +332,8 @@ def cmd_lopo_table(args: argparse.Namespace) -> None:
     print(f"written to {out / 'lopo_table.csv'} and {out / 'lopo_table.md'}")
 
 
-SHIPPED_FILES = ("model.keras", "config.yaml", "tuning.json", "history.csv", "curves.png", "split.csv")
+SHIPPED_FILES = ("model.keras", "config.yaml", "tuning.json", "history.csv", "curves.png", "split.csv",
+                 "lesion_atlas.nii.gz", "lesion_atlas.json")
 
 
 def cmd_ship(args: argparse.Namespace) -> None:
@@ -314,6 +342,8 @@ def cmd_ship(args: argparse.Namespace) -> None:
     for name in SHIPPED_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
+        elif (dst / name).is_file():  # e.g. an atlas of the model shipped before: not this one's
+            (dst / name).unlink()
     if not (src / "report").is_dir():  # trained on every exam: no held-out report; an earlier one is not its own
         shutil.rmtree(dst / "validation", ignore_errors=True)
         print(f"copied the model of {src} to {dst} (no held-out exams: its card quotes the recipe's LOPO figures)")
@@ -378,6 +408,10 @@ def main() -> None:
                     help="override of tune and infer only (e.g. infer.overlap=0.25)")
     lo.add_argument("--eval-data", help="tune, infer and evaluate on these versions of the exams (same case names, "
                     "e.g. thick-slice ones from lesionseg thick-slices); training reads the shared exams")
+    lo.add_argument("--atlas", action="store_true",
+                    help="store a lesion atlas of the other Lesjak patients with each fold, tune its cut-off too")
+    lo.add_argument("--models-from", help="reuse the fold models of this LOPO folder (same recipe) instead of "
+                    "training: compare decisions (e.g. --atlas) on the same networks")
     lo.add_argument("--train-backend", choices=["tensorflow", "torch", "jax"],
                     help="Keras backend of the training step only (default: the environment's)")
     lo.set_defaults(func=cmd_lopo)

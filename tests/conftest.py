@@ -77,3 +77,28 @@ def shared_masks() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data/lesjak_masks not available")
     return path
+
+
+def linear_flair_t1_run(run: Path, infer: object | None = None) -> Path:
+    """A run folder whose "network" is one 1x1x1 convolution: lesion where FLAIR is bright and T1 dark.
+
+    logit = 2 * flair - t1 - 1 (on the normalised channels); ``infer`` is the run's InferConfig.
+    """
+    keras = pytest.importorskip("keras")
+    from lesionseg.config import Config, DataConfig, InferConfig, ModelConfig, PatchConfig, save_config
+
+    inp = keras.Input((None, None, None, 2))
+    model = keras.Model(inp, keras.layers.Conv3D(1, 1, name="logits")(inp))
+    model.get_layer("logits").set_weights(
+        [np.array([2.0, -1.0], np.float32).reshape(1, 1, 1, 2, 1), np.array([-1.0], np.float32)]
+    )
+    run.mkdir(parents=True)
+    model.save(run / "model.keras")
+    cfg = Config(
+        data=DataConfig(channels=("flair", "t1")),
+        patches=PatchConfig(size=(8, 8, 8)),
+        model=ModelConfig(depth=2, base_filters=4),
+        infer=infer if infer is not None else InferConfig(),
+    )
+    save_config(cfg, run / "config.yaml")
+    return run

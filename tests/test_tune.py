@@ -10,10 +10,10 @@ import cc3d
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_case
+from conftest import linear_flair_t1_run, make_case
 
 from lesionseg.cli import main
-from lesionseg.config import Config, DataConfig, EvaluateConfig, InferConfig, ModelConfig, PatchConfig, save_config
+from lesionseg.config import EvaluateConfig, InferConfig
 from lesionseg.errors import LesionsegError
 from lesionseg.inference.tune import TABLE_COLUMNS, candidate_box, tune_threshold_and_size
 
@@ -126,21 +126,9 @@ def test_candidate_box_holds_everything_that_matters():
 
 @pytest.fixture
 def tiny_run(tmp_path) -> tuple[Path, Path]:
-    keras = pytest.importorskip("keras")
-    inp = keras.Input((None, None, None, 2))
-    out = keras.layers.Conv3D(1, 1, name="logits")(inp)
-    model = keras.Model(inp, out)
-    model.get_layer("logits").set_weights([np.array([2.0, -1.0], np.float32).reshape(1, 1, 1, 2, 1), np.array([-1.0], np.float32)])
-    run = tmp_path / "run"
-    run.mkdir()
-    model.save(run / "model.keras")
-    cfg = Config(
-        data=DataConfig(channels=("flair", "t1")),
-        patches=PatchConfig(size=(8, 8, 8)),
-        model=ModelConfig(depth=2, base_filters=4),
-        infer=InferConfig(tune_thresholds=(0.3, 0.5, 0.7, 0.9), tune_min_sizes_mm3=(0.0, 4.0, 20.0)),
+    run = linear_flair_t1_run(
+        tmp_path / "run", InferConfig(tune_thresholds=(0.3, 0.5, 0.7, 0.9), tune_min_sizes_mm3=(0.0, 4.0, 20.0))
     )
-    save_config(cfg, run / "config.yaml")
     data = tmp_path / "data"
     make_case(data, "c1", shape=(20, 18, 16), lesions=((6, 6, 6, 2), (14, 12, 10, 3)), seed=3)
     make_case(data, "c2", shape=(16, 16, 16), lesions=((8, 8, 8, 3),), seed=4)
@@ -151,12 +139,14 @@ def test_tune_cli_stores_the_pair_and_infer_uses_it(tiny_run, tmp_path):
     run, data = tiny_run
     assert main(["-q", "tune", "--model", str(run), "--data", str(data)]) == 0
     stored = json.loads((run / "tuning.json").read_text())
-    assert set(stored) == {"threshold", "min_lesion_mm3", "lesion_f1", "dice", "cases"}
+    assert set(stored) == {"threshold", "min_lesion_mm3", "min_atlas", "lesion_f1", "dice", "cases"}
     assert stored["cases"] == ["c1", "c2"]
     assert stored["threshold"] in (0.3, 0.5, 0.7, 0.9) and stored["min_lesion_mm3"] in (0.0, 4.0, 20.0)
+    assert stored["min_atlas"] is None  # no atlas with the run: no cut-off tuned
     table = (run / "tuning.csv").read_text().splitlines()
     assert len(table) == 1 + 12
-    best_f1 = max(float(line.split(",")[10]) for line in table[1:] if line.split(",")[10])
+    f1 = table[0].split(",").index("lesion_f1")
+    best_f1 = max(float(line.split(",")[f1]) for line in table[1:] if line.split(",")[f1])
     assert math.isclose(stored["lesion_f1"], best_f1, rel_tol=1e-5)
 
     pred_dir = tmp_path / "pred"

@@ -51,6 +51,15 @@ class InferConfig:
         Thresholds tried by ``lesionseg tune``.
     tune_min_sizes_mm3 : tuple of float
         Minimum lesion sizes (mm³) tried by ``lesionseg tune``.
+    min_atlas : float or None
+        Predicted components whose largest lesion-atlas value is below this
+        are removed (:mod:`lesionseg.inference.atlas`; needs
+        ``RUN/lesion_atlas.nii.gz`` and exams on its grid); ``None`` uses
+        the tuned value, else the atlas's calibrated cut-off, else 0 (off).
+    tune_min_atlas : tuple of float
+        Atlas cut-offs ``lesionseg tune`` tries together with the threshold
+        and size when the run has an atlas; empty (the default): the
+        atlas's calibrated cut-off is kept and not tuned.
     precision : {"float32", "bfloat16"}
         Arithmetic of the model at inference.  ``float32`` is exact (batch
         norm is folded into the convolutions, same logits to ~1e-5);
@@ -73,6 +82,8 @@ class InferConfig:
     workers: int = 1
     tune_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     tune_min_sizes_mm3: tuple[float, ...] = (0.0, 3.0, 5.0, 10.0, 20.0, 50.0)
+    min_atlas: float | None = None
+    tune_min_atlas: tuple[float, ...] = ()
     precision: str = "float32"
     crop_to_foreground: bool = True
 
@@ -91,6 +102,10 @@ class InferConfig:
                 "infer.tune_thresholds", "a non-empty list in [0, 1]", self.tune_thresholds)
         require(len(self.tune_min_sizes_mm3) > 0 and all(is_number(m) and m >= 0 for m in self.tune_min_sizes_mm3),
                 "infer.tune_min_sizes_mm3", "a non-empty list of sizes >= 0", self.tune_min_sizes_mm3)
+        if self.min_atlas is not None:
+            unit_interval("infer.min_atlas", self.min_atlas)
+        require(all(is_number(a) and 0 <= a <= 1 for a in self.tune_min_atlas),
+                "infer.tune_min_atlas", "a list of cut-offs in [0, 1]", self.tune_min_atlas)
         one_of("infer.precision", self.precision, PRECISIONS)
 
 

@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
@@ -34,11 +35,13 @@ from lesionseg.data.check import require_readable
 from lesionseg.data.normalize import normalize_image
 from lesionseg.data.preprocess import prepare, to_input_grid
 from lesionseg.errors import DataError, LesionsegError
+from lesionseg.inference.atlas import ATLAS_FILE, LesionAtlas, check_same_grid, load_atlas
 from lesionseg.inference.postprocess import (
     DecisionSettings,
     postprocess,
     read_tuning,
     resolve_decision,
+    resolve_min_atlas,
 )
 from lesionseg.inference.cohort import (
     FAILURES_FILE,
@@ -115,7 +118,18 @@ def predict_case(
     t0 = time.perf_counter()
     config = predictor.config
     case, prob = case_probability(predictor, case_dir, progress=_window_bar(case_dir.name) if show_progress else None)
-    pred = postprocess(prob, config.infer, case.grid.zooms, tuned)
+    atlas = predictor.atlas
+    calibrated = atlas.min_atlas if atlas is not None else 0.0
+    min_atlas = resolve_min_atlas(config.infer, tuned, calibrated)
+    atlas_values = None
+    if min_atlas > 0 and atlas is not None:
+        if explicit_min_atlas(config, tuned) or atlas.matches(prob.shape, case.affine):
+            atlas_values = atlas.on_grid(prob.shape, case.affine, case.case_id)
+        else:  # the model's own default filter, on an exam outside its space: predicted without it
+            log.warning("%s: not on the grid of the model's lesion atlas (%s): no atlas filter for this exam",
+                        case.case_id, atlas.path)
+            min_atlas = calibrated = 0.0
+    pred = postprocess(prob, config.infer, case.grid.zooms, tuned, atlas_values, calibrated)
     out_dir = Path(out_dir)
     writing.write_like(out_dir / f"{case.case_id}_prob.nii.gz", prob, case.affine, case.header, np.float32)
     pred_path = writing.write_like(out_dir / f"{case.case_id}_pred.nii.gz", pred, case.affine, case.header, np.uint8)
@@ -124,7 +138,8 @@ def predict_case(
         threshold, min_mm3 = resolve_decision(config.infer, tuned)
         row = cohort_row(case.case_id, pred, case.grid.zooms, config.infer.connectivity, source,
                          time.perf_counter() - t0)
-        write_record(out_dir, case.case_id, source, threshold, min_mm3, time.perf_counter() - t0, cohort=row)
+        write_record(out_dir, case.case_id, source, threshold, min_mm3, time.perf_counter() - t0, cohort=row,
+                     min_atlas=min_atlas)
     log.info(
         "%s: %d lesion voxel(s) predicted, %.1f s",
         case.case_id,
@@ -235,8 +250,19 @@ def run_inference(
         require_readable(case_dirs, config.data, with_mask=False)
     tuned = read_tuning(run_dir)
     threshold, min_mm3 = resolve_decision(config.infer, tuned)
+    atlas = load_atlas(run_dir)
+    min_atlas = resolve_min_atlas(config.infer, tuned, atlas.min_atlas if atlas is not None else 0.0)
+    off_grid: set[str] = set()
+    if min_atlas > 0 and (atlas is None or explicit_min_atlas(config, tuned)):
+        case_dirs, failures = _on_atlas_grid(run_dir, config, case_dirs, min_atlas, keep_going, failures)
+    elif min_atlas > 0:
+        off_grid = _off_atlas_grid(atlas, config, case_dirs)
     source = Source.of_run(run_dir, model_path, config)
-    done = [] if force else [c for c in case_dirs if is_complete(out_dir, c.name, source)]
+
+    def decision(case: str) -> tuple[float, float, float]:
+        return threshold, min_mm3, 0.0 if case in off_grid else min_atlas
+
+    done = [] if force else [c for c in case_dirs if is_complete(out_dir, c.name, source, decision(c.name))]
     if done:
         log.info("%d case(s) already predicted into %s by this model and settings, kept (--force redoes them)",
                  len(done), out_dir)
@@ -298,6 +324,56 @@ def _readable_cases(case_dirs: Sequence[Path], config: Config, run_dir: Path) ->
             check_channels([case_dir], config.data.channels, run_dir)
             require_readable([case_dir], config.data, with_mask=False)
         except LesionsegError as exc:
+            failures.append(_failure(case_dir, exc))
+            log.error("%s: skipped (%s)", case_dir.name, exc)
+            continue
+        good.append(case_dir)
+    return good, failures
+
+
+def explicit_min_atlas(config: Config, tuned: DecisionSettings | None) -> bool:
+    """True when the atlas cut-off was asked for (``infer.min_atlas`` or a tuned one), not the atlas's own default."""
+    return config.infer.min_atlas is not None or getattr(tuned, "min_atlas", None) is not None
+
+
+def _off_atlas_grid(atlas: LesionAtlas, config: Config, case_dirs: list[Path]) -> set[str]:
+    """The cases not on the grid of the model's atlas (headers only): predicted without its default filter."""
+    off = set()
+    for case_dir in case_dirs:
+        path = io.find_file(case_dir, config.data.channels[0])
+        img = nib.load(str(path))
+        if not atlas.matches(img.shape, img.affine):
+            off.add(case_dir.name)
+    if off:
+        log.warning("%d of %d exam(s) are not on the grid of the model's lesion atlas %s (e.g. %s): they are "
+                    "predicted without its false-positive filter (it needs exams registered to its space)",
+                    len(off), len(case_dirs), atlas.path, sorted(off)[0])
+    return off
+
+
+def _on_atlas_grid(run_dir: Path, config: Config, case_dirs: list[Path], min_atlas: float, keep_going: bool,
+                   failures: list[Failure]) -> tuple[list[Path], list[Failure]]:
+    """With an atlas cut-off asked for: the run has an atlas and every case is on its grid (headers only).
+
+    A case on another grid stops the run before anything is written, or with ``keep_going`` is
+    listed as failed.
+    """
+    atlas = load_atlas(run_dir)
+    if atlas is None:
+        raise LesionsegError(
+            f"{run_dir}: the decision uses a lesion-atlas cut-off ({min_atlas:g}) but the run has no "
+            f"{ATLAS_FILE} (lesionseg atlas --model {run_dir} --masks DIR makes one; --set infer.min_atlas=0 "
+            "switches the filter off)"
+        )
+    good = []
+    for case_dir in case_dirs:
+        path = io.find_file(case_dir, config.data.channels[0])
+        try:
+            img = nib.load(str(path))
+            check_same_grid(atlas, img.shape, img.affine, f"{case_dir.name}/{Path(str(path)).name}")
+        except LesionsegError as exc:
+            if not keep_going:
+                raise
             failures.append(_failure(case_dir, exc))
             log.error("%s: skipped (%s)", case_dir.name, exc)
             continue

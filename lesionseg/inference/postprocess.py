@@ -2,7 +2,9 @@
 
 The decision is a threshold on the lesion probability (strictly above it,
 so 0.5 on a two-class softmax is its argmax); predicted components smaller
-than a minimum volume are then removed.  Both settings come from
+than a minimum volume are then removed, and, for a run with a lesion atlas
+and a cut-off above 0, those lying wholly where the atlas's patients had no
+lesion (:mod:`lesionseg.inference.atlas`, ``infer.min_atlas``).  Both settings come from
 ``infer.threshold`` / ``infer.min_lesion_mm3`` when set, else from
 ``RUN/tuning.json`` written by ``lesionseg tune`` (:func:`read_tuning`),
 else 0.5 and 0 (:func:`resolve_decision`).
@@ -21,6 +23,7 @@ import numpy as np
 from lesionseg.config import InferConfig
 from lesionseg.data.labels import check_connectivity, component_sizes
 from lesionseg.errors import LesionsegError
+from lesionseg.inference.atlas import drop_outside_atlas
 
 TUNING_FILE = "tuning.json"
 DEFAULT_THRESHOLD = 0.5
@@ -47,6 +50,7 @@ class StoredTuning:
 
     threshold: float | None
     min_lesion_mm3: float | None
+    min_atlas: float | None = None
 
 
 def read_tuning(run_dir: str | Path) -> StoredTuning | None:
@@ -68,9 +72,13 @@ def read_tuning(run_dir: str | Path) -> StoredTuning | None:
             raise ValueError(f"threshold {threshold} is not in [0, 1]")
         if min_mm3 is not None and not float(min_mm3) >= 0.0:
             raise ValueError(f"min_lesion_mm3 {min_mm3} is negative")
+        min_atlas = raw.get("min_atlas")
+        if min_atlas is not None and not 0.0 <= float(min_atlas) <= 1.0:
+            raise ValueError(f"min_atlas {min_atlas} is not in [0, 1]")
         return StoredTuning(
             threshold=None if threshold is None else float(threshold),
             min_lesion_mm3=None if min_mm3 is None else float(min_mm3),
+            min_atlas=None if min_atlas is None else float(min_atlas),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise LesionsegError(f"{path}: not a valid tuning file ({exc}); rerun lesionseg tune") from None
@@ -86,6 +94,19 @@ def resolve_decision(infer_cfg: InferConfig, tuned: DecisionSettings | None = No
         min_mm3 = tuned.min_lesion_mm3
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     return threshold, 0.0 if min_mm3 is None else float(min_mm3)
+
+
+def resolve_min_atlas(infer_cfg: InferConfig, tuned: DecisionSettings | None = None,
+                      calibrated: float = 0.0) -> float:
+    """The lesion-atlas cut-off to apply: ``infer.min_atlas``, else the tuned one, else ``calibrated``.
+
+    ``calibrated`` is the run's atlas's own cut-off (:attr:`~lesionseg.inference.atlas.LesionAtlas.min_atlas`;
+    0 without an atlas): 0 switches the filter off.
+    """
+    value = infer_cfg.min_atlas
+    if value is None and tuned is not None:
+        value = getattr(tuned, "min_atlas", None)
+    return float(calibrated) if value is None else float(value)
 
 
 def decide(prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -158,8 +179,10 @@ def postprocess(
     infer_cfg: InferConfig,
     zooms: Sequence[float],
     tuned: DecisionSettings | None = None,
+    atlas_values: np.ndarray | None = None,
+    calibrated_min_atlas: float = 0.0,
 ) -> np.ndarray:
-    """Binary lesion mask from a probability map: decision, then the size filter.
+    """Binary lesion mask from a probability map: decision, size filter, then the atlas filter.
 
     Parameters
     ----------
@@ -172,12 +195,31 @@ def postprocess(
         Voxel size in mm.
     tuned : StoredTuning or TuningResult or None
         Settings stored with the model by ``lesionseg tune``.
+    atlas_values : numpy.ndarray or None
+        (D, H, W) lesion atlas on the same grid (:mod:`lesionseg.inference.atlas`);
+        needed only when the resolved ``min_atlas`` is above 0.
+    calibrated_min_atlas : float
+        The atlas's own cut-off, used when neither the config nor the tuning sets one.
 
     Returns
     -------
     numpy.ndarray
         (D, H, W) uint8 in {0, 1}.
+
+    Raises
+    ------
+    LesionsegError
+        An atlas cut-off above 0 without an atlas.
     """
     threshold, min_mm3 = resolve_decision(infer_cfg, tuned)
     mask = decide(prob, threshold)
-    return remove_small_components(mask, min_mm3, zooms, infer_cfg.connectivity)
+    mask = remove_small_components(mask, min_mm3, zooms, infer_cfg.connectivity)
+    min_atlas = resolve_min_atlas(infer_cfg, tuned, calibrated_min_atlas)
+    if min_atlas <= 0:
+        return mask
+    if atlas_values is None:
+        raise LesionsegError(
+            f"infer.min_atlas is {min_atlas:g} but the model has no lesion atlas "
+            "(lesionseg atlas --model RUN --masks DIR makes one; --set infer.min_atlas=0 switches the filter off)"
+        )
+    return drop_outside_atlas(mask, atlas_values, min_atlas, infer_cfg.connectivity)

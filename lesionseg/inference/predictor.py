@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from lesionseg.config import Config, load_config
 from lesionseg.errors import LesionsegError
+from lesionseg.inference.atlas import LesionAtlas, load_atlas
 from lesionseg.inference.sliding_window import Progress
 from lesionseg.inference.window_options import WindowOptions, predict_windows
 from lesionseg.model.heads import head_channels, lesion_probability_numpy
@@ -42,11 +43,14 @@ class Predictor:
         The run's configuration.
     window : WindowOptions
         The sliding window (``patches.size`` and ``[infer]``).
+    atlas : LesionAtlas or None
+        The run's lesion atlas (``RUN/lesion_atlas.nii.gz``) for the decision's atlas filter.
     """
 
     model: Any
     config: Config
     window: WindowOptions
+    atlas: LesionAtlas | None = None
 
     @classmethod
     def from_model(cls, model: Any, config: Config) -> Predictor:
@@ -92,11 +96,12 @@ class Predictor:
             if not (run_dir / CONFIG_FILE).is_file():
                 raise LesionsegError(f"{run_dir / CONFIG_FILE}: missing; is {run_dir} a lesionseg run folder?")
             config = load_config(run_dir / CONFIG_FILE)
+        atlas = load_atlas(run_dir)
         if config.model.kind == "threshold":
-            return cls.from_model(ThresholdModel.from_config(config), config)
+            return replace(cls.from_model(ThresholdModel.from_config(config), config), atlas=atlas)
         model = load_run_model(run_dir)
         check_model(model, config, run_dir)
-        return cls.from_model(prepare_for_inference(model, config), config)
+        return replace(cls.from_model(prepare_for_inference(model, config), config), atlas=atlas)
 
     @property
     def head(self) -> str:

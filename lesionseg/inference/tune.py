@@ -3,8 +3,9 @@
 Lesion-wise F1 depends strongly on two post-processing choices that the
 training loss never sees: the probability threshold and the minimum size of
 a predicted lesion (tiny false positives cost as much as big ones).  The
-cases are predicted once; every (threshold, minimum size) pair of a grid is
-then scored with :func:`lesionseg.evaluation.lesions.evaluate_case` (the run's
+cases are predicted once; every (threshold, minimum size) pair of a grid --
+and, for a run with a lesion atlas, every atlas cut-off
+(:mod:`lesionseg.inference.atlas`) -- is then scored with :func:`lesionseg.evaluation.lesions.evaluate_case` (the run's
 ``[evaluate]`` criterion) and the pair with the highest *pooled* lesion F1
 (counts summed over cases) wins; ties go to the higher mean Dice, then the
 smaller minimum size, then the threshold closest to 0.5.  The winner is
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -31,6 +33,7 @@ from lesionseg.data.labels import ORIGIN_BOX, bounding_box, component_sizes
 from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.lesions import evaluate_case
 from lesionseg.evaluation.scoring import CaseCounts, over_segmented, pool_counts, selection_key
+from lesionseg.inference.atlas import LesionAtlas, check_same_grid, component_atlas_max, load_atlas
 from lesionseg.inference.infer import case_probability, check_channels
 from lesionseg.inference.postprocess import TUNING_FILE, decide
 from lesionseg.inference.predictor import Predictor
@@ -42,6 +45,7 @@ TABLE_FILE = "tuning.csv"
 TABLE_COLUMNS = (
     "threshold",
     "min_lesion_mm3",
+    "min_atlas",
     "GT",
     "TP",
     "FN",
@@ -76,6 +80,9 @@ class TuningResult:
     dice : float
         Mean voxel Dice over cases at that pair (cases with both masks
         empty excluded).
+    min_atlas : float or None
+        Tuned lesion-atlas cut-off (:mod:`lesionseg.inference.atlas`); ``None``: not tuned
+        (infer then uses the atlas's calibrated cut-off, if the run has an atlas).
     """
 
     threshold: float
@@ -83,6 +90,7 @@ class TuningResult:
     lesion_f1: float
     table: pd.DataFrame = field(repr=False, compare=False)
     dice: float = math.nan
+    min_atlas: float | None = None
 
 
 def candidate_box(
@@ -113,6 +121,13 @@ def _check_grid(thresholds: Sequence[float], min_sizes_mm3: Sequence[float]) -> 
     return ts, ms
 
 
+def _check_atlas_grid(min_atlas: Sequence[float]) -> list[float]:
+    values = sorted({float(a) for a in min_atlas})
+    if not values or values[0] < 0 or values[-1] > 1:  # an empty grid is tune_run's "do not tune it"
+        raise LesionsegError(f"infer.tune_min_atlas must be a non-empty list in [0, 1], got {values}")
+    return values
+
+
 def tune_threshold_and_size(
     probs: list[np.ndarray],
     truths: list[np.ndarray],
@@ -122,8 +137,10 @@ def tune_threshold_and_size(
     eval_cfg: EvaluateConfig | None = None,
     *,
     connectivity: int = 26,
+    atlases: list[np.ndarray] | None = None,
+    min_atlas: Sequence[float] = (0.0,),
 ) -> TuningResult:
-    """Grid-search the (threshold, minimum lesion size) maximising pooled lesion F1.
+    """Grid-search the (threshold, minimum lesion size, atlas cut-off) maximising pooled lesion F1.
 
     Parameters
     ----------
@@ -141,6 +158,12 @@ def tune_threshold_and_size(
         Matching criterion and its settings (default: ``any``, 26-conn.).
     connectivity : {6, 18, 26}
         Connectivity of the size filter (as ``infer.connectivity``).
+    atlases : list of numpy.ndarray or None
+        Per case, the lesion atlas on the case's grid; ``None``: no atlas,
+        only the cut-off 0 is tried.
+    min_atlas : sequence of float
+        Atlas cut-offs to try (components whose largest atlas value is below
+        it are removed; 0 keeps all).
 
     Returns
     -------
@@ -166,18 +189,26 @@ def tune_threshold_and_size(
             f"need one prob, truth and zooms per case, got {len(probs)}, {len(truths)}, {len(zooms)}"
         )
     ts, ms = _check_grid(thresholds, min_sizes_mm3)
+    avs = _check_atlas_grid(min_atlas) if atlases is not None else [0.0]
+    if atlases is not None and len(atlases) != len(probs):
+        raise ValueError(f"need one atlas per case, got {len(atlases)} for {len(probs)}")
     eval_cfg = eval_cfg or EvaluateConfig()
-    cases, voxels = _score_grid(probs, truths, zooms, ts, ms, eval_cfg, connectivity)
-    rows = _grid_rows(ts, ms, cases, voxels)
+    cases, voxels = _score_grid(probs, truths, zooms, ts, ms, eval_cfg, connectivity, atlases, avs)
+    rows = _grid_rows(ts, ms, avs, cases, voxels)
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    col = {name: i for i, name in enumerate(TABLE_COLUMNS)}
 
     def key(row: tuple) -> tuple[float, ...]:
-        # an over-segmented pair only wins when every pair is; then F1, Dice, smaller size, threshold near 0.5
-        return (*selection_key(row[10], row[11], row[14]), -row[1], -abs(row[0] - 0.5))
+        # an over-segmented setting only wins when every one is; then F1, Dice, smaller size, smaller atlas
+        # cut-off (the filter only when it pays), threshold near 0.5
+        return (*selection_key(row[col["lesion_f1"]], row[col["dice_mean"]], row[col["over_segmented"]]),
+                -row[col["min_lesion_mm3"]], -row[col["min_atlas"]], -abs(row[col["threshold"]] - 0.5))
 
     best = max(rows, key=key)
     return TuningResult(
-        threshold=best[0], min_lesion_mm3=best[1], lesion_f1=best[10], table=table, dice=best[11]
+        threshold=best[col["threshold"]], min_lesion_mm3=best[col["min_lesion_mm3"]],
+        lesion_f1=best[col["lesion_f1"]], table=table, dice=best[col["dice_mean"]],
+        min_atlas=best[col["min_atlas"]] if atlases is not None else None,
     )
 
 
@@ -189,58 +220,70 @@ def _score_grid(
     ms: list[float],
     eval_cfg: EvaluateConfig,
     connectivity: int,
+    atlases: list[np.ndarray] | None = None,
+    avs: Sequence[float] = (0.0,),
 ) -> tuple[list[list[CaseCounts]], np.ndarray]:
-    """Per (threshold, min size) pair, in row order: the counts of every case and the voxels.
+    """Per (threshold, min size, atlas cut-off), in row order: the counts of every case and the voxels.
 
     Returns
     -------
     cases : list of list of CaseCounts
-        Per pair, the counts of every case (for pooling).
+        Per setting, the counts of every case (for pooling).
     voxels : numpy.ndarray
-        (pairs, 2) int64: predicted and truth voxels, summed over cases.
+        (settings, 2) int64: predicted and truth voxels, summed over cases.
     """
-    n_pairs = len(ts) * len(ms)
-    cases: list[list[CaseCounts]] = [[] for _ in range(n_pairs)]
-    voxels = np.zeros((n_pairs, 2), dtype=np.int64)  # predicted, truth voxels
+    n_set = len(ts) * len(ms) * len(avs)
+    cases: list[list[CaseCounts]] = [[] for _ in range(n_set)]
+    voxels = np.zeros((n_set, 2), dtype=np.int64)  # predicted, truth voxels
     margin = _crop_margin(eval_cfg)
-    for prob, truth, zoom in zip(probs, truths, zooms):
+    for n, (prob, truth, zoom) in enumerate(zip(probs, truths, zooms)):
         prob, truth = np.asarray(prob), np.asarray(truth)
         if prob.shape != truth.shape or prob.ndim != 3:
             raise ValueError(f"prob {prob.shape} and truth {truth.shape} must be one 3D grid")
+        atlas = None if atlases is None else np.asarray(atlases[n])
+        if atlas is not None and atlas.shape != prob.shape:
+            raise ValueError(f"atlas {atlas.shape} and prob {prob.shape} must be one grid")
         box = candidate_box(prob, truth, ts[0], margin)
         prob, truth = prob[box], (truth[box] != 0).astype(np.uint8)
+        atlas = None if atlas is None else atlas[box]
         voxel_mm3 = float(np.prod([float(z) for z in zoom]))
         zoom3 = tuple(float(z) for z in zoom[:3])
         for a, t in enumerate(ts):
             labels, sizes = component_sizes(decide(prob, t), connectivity)
             volumes = sizes.astype(np.float64) * voxel_mm3
-            last_kept, last_eval = -1, None
+            peaks = (component_atlas_max(labels, sizes.size, atlas) if atlas is not None
+                     else np.ones(sizes.size))
+            last_kept: bytes | None = None
+            last_eval = None
             for b, m in enumerate(ms):
-                keep = volumes >= m * (1 - 1e-9)
-                keep[0] = False
-                n_kept = int(keep.sum())
-                if n_kept != last_kept:  # a larger minimum that removes nothing new: same masks
-                    ev = evaluate_case(truth, keep[labels].astype(np.uint8), zoom3, eval_cfg)
-                    last_eval, last_kept = CaseCounts.of(ev), n_kept
-                assert last_eval is not None
-                k = a * len(ms) + b
-                cases[k].append(last_eval)
-                voxels[k] += (int(sizes[keep].sum()), int(truth.sum()))
+                for c, av in enumerate(avs):
+                    keep = (volumes >= m * (1 - 1e-9)) & (peaks >= av)
+                    keep[0] = False
+                    kept = keep.tobytes()
+                    if kept != last_kept:  # a stricter setting that removes nothing new: same mask
+                        ev = evaluate_case(truth, keep[labels].astype(np.uint8), zoom3, eval_cfg)
+                        last_eval, last_kept = CaseCounts.of(ev), kept
+                    assert last_eval is not None
+                    k = (a * len(ms) + b) * len(avs) + c
+                    cases[k].append(last_eval)
+                    voxels[k] += (int(sizes[keep].sum()), int(truth.sum()))
     return cases, voxels
 
 
-def _grid_rows(ts: list[float], ms: list[float], cases: list[list[CaseCounts]], voxels: np.ndarray) -> list[tuple]:
-    """One row of ``TABLE_COLUMNS`` per pair: pooled counts, precision, recall, F1, mean Dice."""
+def _grid_rows(ts: list[float], ms: list[float], avs: Sequence[float], cases: list[list[CaseCounts]],
+               voxels: np.ndarray) -> list[tuple]:
+    """One row of ``TABLE_COLUMNS`` per setting: pooled counts, precision, recall, F1, mean Dice."""
     rows = []
     for a, t in enumerate(ts):
         for b, m in enumerate(ms):
-            k = a * len(ms) + b
-            p = pool_counts(cases[k])
-            pred_vox, truth_vox = (int(v) for v in voxels[k])
-            rows.append(
-                (t, m, p.GT, p.TP, p.FN, p.FP, p.n_pred, p.TP_pred, p.lesion_precision, p.lesion_recall,
-                 p.lesion_f1, p.dice_mean, pred_vox, truth_vox, over_segmented(pred_vox, truth_vox))
-            )
+            for c, av in enumerate(avs):
+                k = (a * len(ms) + b) * len(avs) + c
+                p = pool_counts(cases[k])
+                pred_vox, truth_vox = (int(v) for v in voxels[k])
+                rows.append(
+                    (t, m, av, p.GT, p.TP, p.FN, p.FP, p.n_pred, p.TP_pred, p.lesion_precision, p.lesion_recall,
+                     p.lesion_f1, p.dice_mean, pred_vox, truth_vox, over_segmented(pred_vox, truth_vox))
+                )
     return rows
 
 
@@ -256,6 +299,7 @@ def write_tuning(run_dir: Path, result: TuningResult, cases: Sequence[str]) -> P
     payload = {
         "threshold": float(result.threshold),
         "min_lesion_mm3": float(result.min_lesion_mm3),
+        "min_atlas": None if result.min_atlas is None else float(result.min_atlas),
         "lesion_f1": _json_number(result.lesion_f1),
         "dice": _json_number(result.dice),
         "cases": list(cases),
@@ -273,13 +317,14 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
     ----------
     run_dir : Path
         Run folder with ``model.keras``; receives ``tuning.json``
-        (``{threshold, min_lesion_mm3, lesion_f1, dice, cases}``) and
-        ``tuning.csv`` (the whole grid).
+        (``{threshold, min_lesion_mm3, min_atlas, lesion_f1, dice, cases}``) and
+        ``tuning.csv`` (the whole grid).  With ``RUN/lesion_atlas.nii.gz``
+        (``lesionseg atlas``) the atlas cut-off is tuned too.
     config : Config
         The run's configuration: ``[data]`` (channels, mask, normalisation),
         ``patches.size``, ``model.head``, ``[infer]`` (windows and the grid
-        ``tune_thresholds`` × ``tune_min_sizes_mm3``) and ``[evaluate]``
-        (the matching criterion).
+        ``tune_thresholds`` × ``tune_min_sizes_mm3`` [× ``tune_min_atlas``])
+        and ``[evaluate]`` (the matching criterion).
     data_dir : Path
         Labelled cases (validation cases, not the training ones).
 
@@ -291,22 +336,39 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
     case_dirs = io.list_cases(data_dir)
     check_channels(case_dirs, config.data.channels, run_dir)
     ts, ms = _check_grid(config.infer.tune_thresholds, config.infer.tune_min_sizes_mm3)
+    atlas = load_atlas(run_dir)
+    if atlas is not None and not config.infer.tune_min_atlas:
+        log.info("lesion atlas %s: its calibrated cut-off %g is kept (not tuned; infer.tune_min_atlas tunes it)",
+                 atlas.path, atlas.min_atlas)
+        atlas = None
+    avs = _check_atlas_grid(config.infer.tune_min_atlas) if atlas is not None else [0.0]
+    if atlas is not None:
+        for case_dir in case_dirs:  # every exam on the atlas's grid, before any prediction
+            path = io.find_file(case_dir, config.data.channels[0])
+            img = nib.load(str(path))
+            check_same_grid(atlas, img.shape, img.affine, f"{case_dir.name}/{Path(str(path)).name}")
+        log.info("lesion atlas %s: cut-offs %s tried as well", atlas.path, ", ".join(f"{a:g}" for a in avs))
     configure_backend(0)
     predictor = Predictor.from_run(run_dir, config)
-    probs, truths, zooms, ids = _predict_cases(predictor, case_dirs, ts[0], _crop_margin(config.evaluate))
+    probs, truths, zooms, ids, atlases = _predict_cases(
+        predictor, case_dirs, ts[0], _crop_margin(config.evaluate), atlas
+    )
     t0 = time.perf_counter()
     result = tune_threshold_and_size(
-        probs, truths, zooms, ts, ms, config.evaluate, connectivity=config.infer.connectivity
+        probs, truths, zooms, ts, ms, config.evaluate, connectivity=config.infer.connectivity,
+        atlases=atlases, min_atlas=avs,
     )
     path = write_tuning(run_dir, result, ids)
-    default = result.table[(result.table.threshold == 0.5) & (result.table.min_lesion_mm3 == 0.0)]
+    table = result.table
+    default = table[(table.threshold == 0.5) & (table.min_lesion_mm3 == 0.0) & (table.min_atlas == 0.0)]
     log.info(
-        "tuned on %d case(s) in %.1f s: threshold %.3g, min lesion %.3g mm³ -> pooled lesion F1 %.3f, "
+        "tuned on %d case(s) in %.1f s: threshold %.3g, min lesion %.3g mm³%s -> pooled lesion F1 %.3f, "
         "mean Dice %.3f%s; written to %s",
         len(ids),
         time.perf_counter() - t0,
         result.threshold,
         result.min_lesion_mm3,
+        f", atlas cut-off {result.min_atlas:g}" if result.min_atlas is not None else "",
         result.lesion_f1,
         result.dice,
         f" (0.5 / 0 mm³ gives F1 {default.lesion_f1.iloc[0]:.3f})" if len(default) else "",
@@ -327,17 +389,21 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
 
 
 def _predict_cases(
-    predictor: Predictor, case_dirs: Sequence[Path], min_threshold: float, margin: int
-) -> tuple[list[np.ndarray], list[np.ndarray], list, list[str]]:
-    """Predict labelled cases; per case the probability and truth inside :func:`candidate_box`, zooms, id."""
+    predictor: Predictor, case_dirs: Sequence[Path], min_threshold: float, margin: int,
+    atlas: LesionAtlas | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], list, list[str], list[np.ndarray] | None]:
+    """Predict labelled cases; per case the probability, truth (and atlas) inside :func:`candidate_box`, zooms, id."""
     probs, truths, zooms, ids = [], [], [], []
+    atlases: list[np.ndarray] | None = None if atlas is None else []
     for n, case_dir in enumerate(case_dirs, 1):
         t0 = time.perf_counter()
         case, prob = case_probability(predictor, case_dir, mask=True)
         box = candidate_box(prob, case.mask, min_threshold, margin)  # keep only what tuning can see
         probs.append(np.ascontiguousarray(prob[box]))
         truths.append(np.ascontiguousarray(case.mask[box]))  # type: ignore[index]
+        if atlases is not None and atlas is not None:
+            atlases.append(np.ascontiguousarray(atlas.on_grid(prob.shape, case.affine, case.case_id)[box]))
         zooms.append(case.grid.zooms)
         ids.append(case.case_id)
         log.info("case %d/%d %s predicted in %.1f s", n, len(case_dirs), case.case_id, time.perf_counter() - t0)
-    return probs, truths, zooms, ids
+    return probs, truths, zooms, ids, atlases
