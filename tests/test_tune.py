@@ -184,3 +184,19 @@ def test_tuning_never_picks_one_merged_blob_over_real_detections():
     assert blob.lesion_f1 == 1.0 and bool(blob.over_segmented)
     assert result.threshold == 0.5
     assert result.lesion_f1 == pytest.approx(0.8)
+
+
+def test_infer_predicts_again_after_the_model_is_tuned_again(tiny_run, tmp_path):
+    """The config and model are unchanged; only tuning.json is: the kept prediction would be stale."""
+    run, data = tiny_run
+    pred_dir = tmp_path / "pred"
+    (run / "tuning.json").write_text(json.dumps({"threshold": 0.3, "min_lesion_mm3": 0.0}))
+    assert main(["-q", "infer", "--model", str(run), "--input", str(data), "--out", str(pred_dir)]) == 0
+    before = np.asarray(nib.load(str(pred_dir / "c2_pred.nii.gz")).dataobj).sum()
+    (run / "tuning.json").write_text(json.dumps({"threshold": 0.9, "min_lesion_mm3": 0.0}))
+    assert main(["-q", "infer", "--model", str(run), "--input", str(data), "--out", str(pred_dir)]) == 0
+    prob = np.asarray(nib.load(str(pred_dir / "c2_prob.nii.gz")).dataobj)
+    pred = np.asarray(nib.load(str(pred_dir / "c2_pred.nii.gz")).dataobj)
+    np.testing.assert_array_equal(pred, (prob > 0.9).astype(np.uint8))
+    assert pred.sum() < before
+    assert json.loads((pred_dir / "c2_record.json").read_text())["threshold"] == 0.9
