@@ -7,8 +7,8 @@ Every step goes through the ``lesionseg`` command line, exactly as a user would 
     python pipelines/ms_experiments.py study           # one run per loss on fold A -> runs/ms_study/<loss>
     python pipelines/ms_experiments.py study --tune    # + each loss at its tuned decision -> runs/ms_study_tuned
     python pipelines/ms_experiments.py tables          # per-exam and loss tables (Markdown + CSV)
-    python pipelines/ms_experiments.py ship            # runs/ms/foldA -> models/ms_flair_t1
-    python pipelines/ms_experiments.py verify          # the shipped model on its held-out exams = its card
+    python pipelines/ms_experiments.py ship --run runs/ms_t1_all   # the run of `make train-ms` -> models/ms_flair_t1
+    python pipelines/ms_experiments.py verify          # the shipped model predicts the figures it ships with
     python pipelines/ms_experiments.py lopo            # leave-one-patient-out: 4 folds -> runs/lopo/<recipe>
     python pipelines/ms_experiments.py lopo --config pipelines/OTHER.toml   # the same for another recipe
     python pipelines/ms_experiments.py lopo --config pipelines/OTHER.toml --atlas   # + the lesion-atlas filter, tuned
@@ -337,6 +337,8 @@ SHIPPED_FILES = ("model.keras", "config.yaml", "tuning.json", "history.csv", "cu
 
 
 def cmd_ship(args: argparse.Namespace) -> None:
+    """Copy a run's model files into ``models/``; its held-out report (``validation/``) or, for a model
+    trained on every exam, its report on those training exams (``fit/``, in-sample) goes with it."""
     src, dst = Path(args.run), Path(args.to)
     dst.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED_FILES:
@@ -344,31 +346,41 @@ def cmd_ship(args: argparse.Namespace) -> None:
             shutil.copy2(src / name, dst / name)
         elif (dst / name).is_file():  # e.g. an atlas of the model shipped before: not this one's
             (dst / name).unlink()
-    if not (src / "report").is_dir():  # trained on every exam: no held-out report; an earlier one is not its own
-        shutil.rmtree(dst / "validation", ignore_errors=True)
-        print(f"copied the model of {src} to {dst} (no held-out exams: its card quotes the recipe's LOPO figures)")
-        return
-    (dst / "validation").mkdir(exist_ok=True)
-    for name in ("cases.csv", "summary.csv"):
-        shutil.copy2(src / "report" / name, dst / "validation" / name)
-    print(f"copied the model of {src} and its held-out report to {dst}")
+    for report, kept in (("report", "validation"), ("fit_report", "fit")):
+        shutil.rmtree(dst / kept, ignore_errors=True)  # an earlier model's report is not this one's
+        if (src / report).is_dir():
+            (dst / kept).mkdir()
+            for name in ("cases.csv", "summary.csv"):
+                shutil.copy2(src / report / name, dst / kept / name)
+    kept = [k for r, k in (("report", "validation"), ("fit_report", "fit")) if (src / r).is_dir()]
+    print(f"copied the model of {src} to {dst}" + (f" with its {' and '.join(kept)} report" if kept else
+                                                    " (no report: its card quotes the recipe's LOPO figures)"))
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    """Run the shipped model through infer + evaluate on its held-out exams; compare with its card."""
+    """Run the shipped model through infer + evaluate on the exams its card reports; compare the figures.
+
+    ``MODEL/validation/cases.csv`` (held-out exams) or, for a model trained on every shared exam,
+    ``MODEL/fit/cases.csv`` (its in-sample figures on those exams: a check that this install predicts
+    what the shipped model predicted, not a measure of accuracy).
+    """
     import pandas as pd
 
     model, out = Path(args.model), Path(args.out)
-    val_dir = case_folder(out / "cases_val", list(FOLDS["A"]))
+    stored = next((model / d / "cases.csv" for d in ("validation", "fit") if (model / d / "cases.csv").is_file()), None)
+    if stored is None:
+        sys.exit(f"{model}: no validation/cases.csv or fit/cases.csv to verify against")
+    card = pd.read_csv(stored)
+    val_dir = case_folder(out / "cases_val", list(card["case"]))
     run([*LESIONSEG, "infer", "--model", str(model), "--input", str(val_dir), "--out", str(out / "pred")])
     run([*LESIONSEG, "evaluate", "--pred", str(out / "pred"), "--truth", str(val_dir), "--out", str(out / "report"),
-         "--config", str(CONFIG)])
+         "--config", str(model / "config.yaml")])
     cols = ["case", "GT", "TP", "FP", "FN", "lesion_f1", "dice"]
     got = pd.read_csv(out / "report" / "cases.csv")[cols]
-    card = pd.read_csv(model / "validation" / "cases.csv")[cols]
+    card = card[cols]
     print(got.to_string(index=False))
     same = got[cols[:5]].equals(card[cols[:5]]) and ((got[cols[5:]] - card[cols[5:]]).abs().max().max() < 1e-3)
-    print("same figures as the model card" if same else "DIFFERENT figures from the model card:\n" + card.to_string())
+    print(f"same figures as {stored}" if same else f"DIFFERENT figures from {stored}:\n" + card.to_string())
     if not same:
         sys.exit(1)
 
@@ -394,8 +406,8 @@ def main() -> None:
     t.add_argument("--study", default="runs/ms_study")
     t.add_argument("--out", default="runs")
     t.set_defaults(func=cmd_tables)
-    c = sub.add_parser("ship", help="copy a fold's model into models/")
-    c.add_argument("--run", default="runs/ms/foldA")
+    c = sub.add_parser("ship", help="copy a run's model (and its report) into models/")
+    c.add_argument("--run", default="runs/ms_t1_all")
     c.add_argument("--to", default="models/ms_flair_t1")
     c.set_defaults(func=cmd_ship)
     lo = sub.add_parser("lopo", help="leave-one-patient-out: train, tune (on training exams), infer, evaluate")
@@ -421,7 +433,7 @@ def main() -> None:
     lt.add_argument("--untuned", action="store_true", help="also the rows at threshold 0.5, no size filter")
     lt.add_argument("--out", help="folder for lopo_table.csv/.md (default: --root; studies/lopo is committed)")
     lt.set_defaults(func=cmd_lopo_table)
-    v = sub.add_parser("verify", help="the shipped model on its held-out exams, against its model card")
+    v = sub.add_parser("verify", help="the shipped model on the exams of its validation/ or fit/ report, against it")
     v.add_argument("--model", default="models/ms_flair_t1")
     v.add_argument("--out", default="runs/ms_shipped")
     v.set_defaults(func=cmd_verify)

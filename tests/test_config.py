@@ -74,7 +74,7 @@ def test_save_and_reload_is_identical(tmp_path):
     assert config_to_dict(cfg)["train"]["val_cases"] == ["a", "b"]
 
 
-@pytest.mark.parametrize("name", ["smoke", "samples", "ms_flair_t1"])
+@pytest.mark.parametrize("name", ["smoke", "samples", "ms_flair_t1", "ms_recipe_tissue", "ms_flair", "threshold_baseline"])
 def test_pipeline_configs_load(name):
     from conftest import REPO
 
