@@ -228,6 +228,8 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="study folder (results.csv, cells/, folds/)")
     p.add_argument("--parallel", type=int, help="cells side by side (default: the study file's)")
     p.add_argument("--limit", type=int, help="run at most this many cells now")
+    p.add_argument("--threads", type=int,
+                   help="training threads per cell (default: cores / cells side by side); 1 leaves cores free")
     p.add_argument("--summarize", action="store_true", help="only write table.csv/.md and tp_fp.png")
 
 
@@ -442,10 +444,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         raise LesionsegError("study: --config STUDY.toml and --data DATA are needed to run (or --summarize)")
     if args.parallel is not None and args.parallel < 1:
         raise LesionsegError(f"study: --parallel must be >= 1, got {args.parallel}")
+    if args.threads is not None and args.threads < 1:
+        raise LesionsegError(f"study: --threads must be >= 1, got {args.threads}")
     from lesionseg.study.runner import run_study
     from lesionseg.study.summary import write_summary
 
-    results = run_study(args.config, args.data, args.out, args.parallel, args.limit)
+    results = run_study(args.config, args.data, args.out, args.parallel, args.limit, args.threads)
     log.info("results: %s", results)
     if results.is_file():
         write_summary(args.out)

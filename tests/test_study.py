@@ -89,10 +89,13 @@ def test_interrupted_study_finishes_without_redoing_cells(samples_dir, tmp_path)
     model = out / "cells" / done_cell / "run" / "model.keras"
     stamp = model.stat().st_mtime_ns
 
-    assert main(["study", "--config", str(study), "--data", str(samples_dir), "--out", str(out)]) == 0
+    assert main(["study", "--config", str(study), "--data", str(samples_dir), "--out", str(out),
+                 "--threads", "3"]) == 0
     table = pd.read_csv(results)
     assert sorted(table.cell) == sorted(f"loss.name-{n}_fold-A" for n in ("dice", "bce", "focal"))
     assert model.stat().st_mtime_ns == stamp  # the finished cell was not trained again
+    for cell in set(table.cell) - {done_cell}:  # --threads reached the cells of the second start
+        assert "threads: 3" in (out / "cells" / cell / "run" / "config.yaml").read_text()
     assert {"loss", "head", "seed", "fold", "GT", "TP", "FP", "FN", "lesion_f1", "dice",
             "pred_volume_ml", "truth_volume_ml"} <= set(table.columns)
     assert (table.GT == table.TP + table.FN).all()
@@ -142,6 +145,9 @@ def test_study_errors_are_one_line(samples_dir, tmp_path, capsys):
     assert "study file not found" in capsys.readouterr().err
     assert main(["study", "--summarize", "--out", str(tmp_path / "empty")]) == 1
     assert "no study results" in capsys.readouterr().err
+    assert main(["study", "--config", str(tmp_path / "none.toml"), "--data", str(samples_dir),
+                 "--out", str(tmp_path / "o"), "--threads", "0"]) == 1
+    assert "--threads must be >= 1" in capsys.readouterr().err
 
 
 def test_a_study_file_inside_its_own_output_folder(samples_dir, tmp_path):

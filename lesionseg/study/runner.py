@@ -189,7 +189,7 @@ def cell_row(cell: Cell) -> dict[str, Any]:
 
 
 def run_study(study_file: Path, data_dir: Path, out: Path, parallel: int | None = None,
-              limit: int | None = None) -> Path:
+              limit: int | None = None, threads: int | None = None) -> Path:
     """The ``lesionseg study`` command: run every unfinished cell, append its rows to ``results.csv``.
 
     Parameters
@@ -204,6 +204,9 @@ def run_study(study_file: Path, data_dir: Path, out: Path, parallel: int | None 
         Cells side by side (default: the study's ``parallel``).
     limit : int or None
         Run at most this many cells now (the rest on a later start).
+    threads : int or None
+        Training threads per cell (default: the machine's cores / ``parallel``); 1 leaves the other
+        cores to other work.
 
     Returns
     -------
@@ -228,7 +231,7 @@ def run_study(study_file: Path, data_dir: Path, out: Path, parallel: int | None 
     if limit is not None:
         pending = pending[:limit]
     workers = max(1, parallel or study.parallel)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     log.info("study %s: %d cell(s) x %d variant(s); %d finished, %d to run now, %d side by side (%d thread(s) each)",
              study.path, len(study.cells), len(study.variants), len(study.cells) - len([c for c in study.cells
                                                                                          if todo[c.cell_id]]),
