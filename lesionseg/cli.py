@@ -153,7 +153,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="lesion-wise TP/FP/FN, Dice and CSV reports",
         description="Match predicted and truth lesions (3D connected components) and write "
-        "REPORT/lesions.csv, REPORT/cases.csv and REPORT/summary.csv.",
+        "REPORT/lesions.csv, REPORT/cases.csv, REPORT/sizes.csv (detection by lesion volume) and REPORT/summary.csv.",
     )
     p.add_argument("--pred", type=Path, required=True, help="folder of <case>_pred.nii.gz")
     p.add_argument("--truth", type=Path, required=True, help="data folder with the masks")

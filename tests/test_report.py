@@ -113,6 +113,19 @@ def test_write_reports_columns_and_pooled_numbers(tmp_path):
     assert set(lesions.volume_mm3[lesions.source == "truth"]) == {6.0}
     assert not list(tmp_path.glob("report/.*"))  # no temporary files left
 
+    # sizes.csv: every lesion in one band; per case and pooled the bands add up to cases.csv / summary.csv
+    sizes = pd.read_csv(out / "sizes.csv")
+    contract_columns_first(sizes, lesionseg.evaluation.report.SIZE_COLUMNS)
+    assert (sizes.criterion == "any").all()
+    per_case = sizes[sizes.case != "all"].groupby("case")[["GT", "TP", "FN", "FP"]].sum()
+    for case in per_case.index:
+        assert per_case.loc[case].tolist() == c.loc[case, ["GT", "TP", "FN", "FP"]].tolist()
+    pooled = sizes[sizes.case == "all"]
+    assert pooled[["GT", "TP", "FN", "FP"]].sum().tolist() == [s.GT, s.TP, s.FN, s.FP]
+    band = pooled.set_index("band").loc["<10"]  # the 6 mm³ truth lesions: 3 of them, 2 found
+    assert (band.GT, band.TP) == (3, 2) and band.lesion_recall == pytest.approx(2 / 3)
+    assert pooled.set_index("band").loc[">=1000"].GT == 0 and pd.isna(pooled.set_index("band").loc[">=1000"].lesion_recall)
+
 
 def test_empty_evaluation_list_writes_headers(tmp_path):
     out = write_reports([], tmp_path / "r", EvaluateConfig(criterion="iou"))

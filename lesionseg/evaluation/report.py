@@ -1,4 +1,4 @@
-"""Evaluation reports: the lesions.csv, cases.csv and summary.csv tables and writing them.
+"""Evaluation reports: the lesions.csv, cases.csv, sizes.csv and summary.csv tables and writing them.
 
 Files (contract columns first, then criterion columns, then the settings)
 ------------------------------------------------------------------------
@@ -14,6 +14,13 @@ Files (contract columns first, then criterion columns, then the settings)
     One row per case: ``case, GT, TP, FN, FP, n_pred, lesion_precision,
     lesion_recall, lesion_f1, dice, gt_volume_mm3, pred_volume_mm3,
     TP_pred`` (+ ``rq, sq, pq`` for ``iou``; ``lesion_dice`` for ``brats``).
+``sizes.csv``
+    Detection by lesion volume: per case and pooled (``case = "all"``), one
+    row per volume band (:data:`SIZE_BANDS_MM3`): ``case, band, low_mm3,
+    high_mm3, GT, TP, FN, lesion_recall, n_pred, FP`` — truth lesions in the
+    band and how many were found; predicted lesions in the band and how many
+    matched nothing.  Where a recipe loses its lesions (small ones, most
+    often) and where its false ones lie, in one table.
 ``summary.csv``
     One row from the pooled counts
     (:func:`~lesionseg.evaluation.scoring.pool_counts`): ``cases, GT, TP,
@@ -54,6 +61,9 @@ SUMMARY_COLUMNS = (
     "lesion_f1", "dice_mean", "lesion_f1_mean", "TP_pred",
 )  # fmt: skip
 SETTINGS_COLUMNS = ("criterion", "connectivity", "min_lesion_mm3")
+SIZE_BANDS_MM3 = (0.0, 10.0, 30.0, 100.0, 1000.0, float("inf"))
+"""Edges of the volume bands of ``sizes.csv`` (mm³; a lesion of volume v is in [low, high))."""
+SIZE_COLUMNS = ("case", "band", "low_mm3", "high_mm3", "GT", "TP", "FN", "lesion_recall", "n_pred", "FP")
 
 
 def _settings(cfg: EvaluateConfig) -> dict[str, object]:
@@ -115,10 +125,51 @@ def lesions_table(evaluations: Sequence[CaseEvaluation], cfg: EvaluateConfig) ->
     return table
 
 
-def write_reports(evaluations: Sequence[CaseEvaluation], out_dir: Path, cfg: EvaluateConfig) -> Path:
-    """Write ``lesions.csv``, ``cases.csv`` and ``summary.csv`` into ``out_dir``.
+def _band_name(low: float, high: float) -> str:
+    return f"<{high:g}" if low <= 0 else (f">={low:g}" if high == float("inf") else f"{low:g}-{high:g}")
 
-    The three files are written to temporary names and renamed together only
+
+def sizes_table(lesions: pd.DataFrame, bands: Sequence[float] = SIZE_BANDS_MM3) -> pd.DataFrame:
+    """The ``sizes.csv`` table: detection per lesion-volume band, per case and pooled.
+
+    Parameters
+    ----------
+    lesions : pandas.DataFrame
+        The ``lesions.csv`` table (:func:`lesions_table`).
+    bands : sequence of float
+        Increasing band edges in mm³.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`SIZE_COLUMNS`; ``lesion_recall`` is NaN where a band holds no truth lesion.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"case": ["a", "a", "a"], "source": ["truth", "truth", "pred"],
+    ...                   "status": ["TP", "FN", "FP"], "volume_mm3": [50.0, 5.0, 4.0]})
+    >>> s = sizes_table(t, (0, 10, float("inf")))
+    >>> s[s.case == "all"][["band", "GT", "TP", "n_pred", "FP"]].values.tolist()
+    [['<10', 1, 0, 1, 1], ['>=10', 1, 1, 0, 0]]
+    """
+    edges = [float(b) for b in bands]
+    rows = []
+    cases = [*sorted(set(lesions["case"])), "all"] if len(lesions) else ["all"]
+    for case in cases:
+        part = lesions if case == "all" else lesions[lesions["case"] == case]
+        for low, high in zip(edges[:-1], edges[1:]):
+            inside = part[(part["volume_mm3"] >= low) & (part["volume_mm3"] < high)]
+            truth, pred = inside[inside["source"] == "truth"], inside[inside["source"] == "pred"]
+            gt, tp = len(truth), int((truth["status"] == "TP").sum())
+            rows.append((case, _band_name(low, high), low, high, gt, tp, gt - tp,
+                         tp / gt if gt else float("nan"), len(pred), int((pred["status"] == "FP").sum())))
+    return pd.DataFrame(rows, columns=list(SIZE_COLUMNS))
+
+
+def write_reports(evaluations: Sequence[CaseEvaluation], out_dir: Path, cfg: EvaluateConfig) -> Path:
+    """Write ``lesions.csv``, ``cases.csv``, ``sizes.csv`` and ``summary.csv`` into ``out_dir``.
+
+    The four files are written to temporary names and renamed together only
     when all are complete.
 
     Parameters
@@ -144,12 +195,14 @@ def write_reports(evaluations: Sequence[CaseEvaluation], out_dir: Path, cfg: Eva
     >>> with tempfile.TemporaryDirectory() as d:
     ...     out = write_reports([evaluate_case(t, t, (1.0, 1.0, 1.0))], Path(d), EvaluateConfig())
     ...     sorted(p.name for p in out.iterdir())
-    ['cases.csv', 'lesions.csv', 'summary.csv']
+    ['cases.csv', 'lesions.csv', 'sizes.csv', 'summary.csv']
     """
     out_dir = Path(out_dir)
+    lesions = lesions_table(evaluations, cfg)
     tables = {
-        "lesions.csv": lesions_table(evaluations, cfg),
+        "lesions.csv": lesions,
         "cases.csv": cases_table(evaluations, cfg),
+        "sizes.csv": sizes_table(lesions).assign(**_settings(cfg)),
         "summary.csv": summary_table(evaluations, cfg),
     }
     with contextlib.ExitStack() as stack:
