@@ -310,6 +310,28 @@ def lopo_rows(recipe_dir: Path) -> "list":
     return rows
 
 
+def lopo_size_rows(recipe_dir: Path) -> "list":
+    """Pooled detection by lesion-volume band of one recipe (tuned and untuned): found / truth and false."""
+    import pandas as pd
+
+    from lesionseg.evaluation.report import sizes_table
+
+    rows = []
+    for report, decision in (("report", "tuned on training exams"), ("report_untuned", "0.5, no size filter")):
+        lesions = recipe_dir / report / "lesions.csv"
+        if not lesions.is_file():
+            continue
+        pooled = sizes_table(pd.read_csv(lesions, keep_default_na=False))
+        pooled = pooled[pooled.case == "all"]
+        row = {"recipe": recipe_dir.name, "decision": decision}
+        for band in pooled.itertuples():
+            row[f"found {band.band} mm³"] = f"{band.TP}/{band.GT}"
+        for band in pooled.itertuples():
+            row[f"false {band.band} mm³"] = band.FP
+        rows.append(pd.DataFrame([row]))
+    return rows
+
+
 def cmd_lopo_table(args: argparse.Namespace) -> None:
     """One table of every recipe's leave-one-patient-out figures: per exam and pooled (Markdown + CSV)."""
     import pandas as pd
@@ -329,7 +351,13 @@ def cmd_lopo_table(args: argparse.Namespace) -> None:
     table.to_csv(out / "lopo_table.csv", index=False)
     (out / "lopo_table.md").write_text(to_markdown(table) + "\n")
     print(to_markdown(table))
-    print(f"written to {out / 'lopo_table.csv'} and {out / 'lopo_table.md'}")
+    sizes = pd.concat([r for d in recipes for r in lopo_size_rows(d)], ignore_index=True)
+    if not args.untuned:
+        sizes = sizes[sizes.decision != "0.5, no size filter"]
+    sizes.to_csv(out / "lopo_sizes.csv", index=False)
+    (out / "lopo_sizes.md").write_text(to_markdown(sizes) + "\n")
+    print(to_markdown(sizes))
+    print(f"written to {out / 'lopo_table.csv'}, {out / 'lopo_table.md'} and lopo_sizes.csv/.md (detection by lesion volume)")
 
 
 SHIPPED_FILES = ("model.keras", "config.yaml", "tuning.json", "history.csv", "curves.png", "split.csv",
