@@ -1,0 +1,43 @@
+"""``pipelines/ms_experiments.py lopo-table``: per-exam table and detection by lesion volume from the fold reports."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import numpy as np
+import pandas as pd
+
+from conftest import REPO
+from lesionseg.config import EvaluateConfig
+from lesionseg.evaluation.lesions import evaluate_case
+from lesionseg.evaluation.report import write_reports
+
+
+def _ms_experiments():
+    spec = importlib.util.spec_from_file_location("ms_experiments", REPO / "pipelines" / "ms_experiments.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lopo_table_writes_detection_by_lesion_volume(tmp_path):
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[1:3, 1:3, 1:2] = 1  # 4 mm³: missed
+    truth[10:15, 10:15, 10:15] = 1  # 125 mm³: found
+    pred = np.zeros_like(truth)
+    pred[11:14, 11:14, 11:14] = 1
+    pred[5:7, 15:17, 1:2] = 1  # a 4 mm³ false lesion
+    cfg = EvaluateConfig()
+    write_reports([evaluate_case(truth, pred, (1.0, 1.0, 1.0), cfg, "exam")], tmp_path / "lopo" / "recipe" / "report", cfg)
+
+    ms = _ms_experiments()
+    out = tmp_path / "tables"
+    ms.cmd_lopo_table(argparse.Namespace(root=str(tmp_path / "lopo"), recipes=["recipe"], untuned=False, out=str(out)))
+
+    table = pd.read_csv(out / "lopo_table.csv")
+    assert table.TP.tolist() == [1, 1] and table.FP.tolist() == [1, 1]  # the exam and the pooled row
+    sizes = pd.read_csv(out / "lopo_sizes.csv").iloc[0]
+    assert sizes["found <10 mm³"] == "0/1" and sizes["false <10 mm³"] == 1
+    assert sizes["found 100-1000 mm³"] == "1/1" and sizes["false 100-1000 mm³"] == 0
+    assert "found <10 mm³" in (out / "lopo_sizes.md").read_text()
