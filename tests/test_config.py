@@ -74,7 +74,7 @@ def test_save_and_reload_is_identical(tmp_path):
     assert config_to_dict(cfg)["train"]["val_cases"] == ["a", "b"]
 
 
-@pytest.mark.parametrize("name", ["smoke", "samples", "ms_flair_t1", "ms_recipe_tissue", "ms_flair", "threshold_baseline"])
+@pytest.mark.parametrize("name", ["smoke", "samples", "ms_flair_t1", "ms_recipe_tissue", "ms_recipe_dice", "ms_flair", "threshold_baseline"])
 def test_pipeline_configs_load(name):
     from conftest import REPO
 
@@ -191,3 +191,15 @@ def test_one_override_path_for_every_command():
     assert out == {"loss": {"name": "tversky", "params": {"delta": 0.7, "smooth": 0.001}},
                    "infer": {"overlap": 0.25}, "train": {"epochs": 3}}
     assert raw == {"loss": {"name": "tversky", "params": {"delta": 0.7}}, "infer": {"overlap": 0.5}}
+
+
+def test_dice_recipe_is_the_tissue_recipe_with_the_dice_loss():
+    """The recipe comparison in README changes one thing: the loss."""
+    import dataclasses
+
+    from conftest import REPO
+
+    tissue = load_config(REPO / "pipelines" / "ms_recipe_tissue.toml")
+    dice = load_config(REPO / "pipelines" / "ms_recipe_dice.toml")
+    assert (tissue.loss.name, dice.loss.name) == ("asymmetric_unified_focal", "dice")
+    assert dataclasses.replace(dice, loss=tissue.loss) == tissue
