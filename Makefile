@@ -74,9 +74,9 @@ bench: install  ## run the benchmarks in bench/
 
 # Real data (../shared/data/ms_lesions, 6 MS exams of 4 patients): see pipelines/ms_experiments.py
 MS := $(BIN)/python pipelines/ms_experiments.py
-train-ms: install  ## real MS exams: models/ms_flair_t1 as shipped (all 6 exams, ms_recipe_tissue, torch, atlas, tuned) -> runs/ms_t1_all
+train-ms: install  ## real MS exams: models/ms_flair_t1 as shipped (all 6 exams, ms_recipe_dice, torch, atlas, tuned) -> runs/ms_t1_all
 	$(BIN)/python -m pip install -q -e '.[dev,torch]'
-	KERAS_BACKEND=torch $(LESIONSEG) train --config pipelines/ms_recipe_tissue.toml --data ../shared/data/ms_lesions --out runs/ms_t1_all --overwrite --set train.threads=1 --set train.val_fraction=0 $(SET)
+	KERAS_BACKEND=torch $(LESIONSEG) train --config pipelines/ms_recipe_dice.toml --data ../shared/data/ms_lesions --out runs/ms_t1_all --overwrite --set train.threads=1 --set train.val_fraction=0 $(SET)
 	$(LESIONSEG) atlas --model runs/ms_t1_all --masks ../shared/data/lesjak_masks --exclude patient07 patient19
 	$(LESIONSEG) tune --model runs/ms_t1_all --data ../shared/data/ms_lesions
 	$(LESIONSEG) infer --model runs/ms_t1_all --input ../shared/data/ms_lesions --out runs/ms_t1_all/fit_pred

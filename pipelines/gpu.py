@@ -12,9 +12,10 @@ working tree of at most 64 MiB.  So the run is prepared here, in three steps::
     #   KERAS_BACKEND=jax python3 pipelines/gpu.py device --pack .gpu --out $OUT --set train.epochs=200
     python pipelines/gpu.py finish --pack .gpu --from FETCHED_DIR --to runs/gpu_ms_flair    # here, TensorFlow
 
-The loss study the same way (a pack of its base recipe, ``pipelines/ms_flair_t1.toml``)::
+The shipped FLAIR + T1 recipe: ``pack --config pipelines/ms_recipe_dice.toml``.  The loss study the same way
+(a pack of its base recipe, ``pipelines/ms_recipe_tissue.toml``)::
 
-    python pipelines/gpu.py pack --config pipelines/ms_flair_t1.toml --out .gpu
+    python pipelines/gpu.py pack --config pipelines/ms_recipe_tissue.toml --out .gpu
     #   KERAS_BACKEND=jax python3 pipelines/gpu.py device-study --out $OUT --parallel 8 --seconds 500
     python pipelines/gpu.py merge-study --from FETCHED_DIR      # new rows -> studies/loss_study/results.csv
 
