@@ -49,6 +49,20 @@ def test_the_card_states_what_it_was_trained_on_and_where_its_figures_come_from(
     assert not (MODEL / "validation").exists()
 
 
+def test_the_card_names_the_recipe_the_model_was_trained_with():
+    """The recipe file the card names is the shipped config's data, patches, augmentation, network and loss."""
+    import re
+
+    card = (MODEL / "MODEL_CARD.md").read_text()
+    named = set(re.findall(r"\*\*Recipe\*\*: `(pipelines/[\w.]+\.toml)`", card))
+    assert len(named) == 1, named
+    recipe, shipped = load_config(REPO / named.pop()), load_config(MODEL / "config.yaml")
+    for section in ("data", "patches", "model", "loss"):
+        assert getattr(shipped, section) == getattr(recipe, section), section
+    assert shipped.augment.transplant_probability == recipe.augment.transplant_probability
+    assert shipped.train.epochs * shipped.train.steps_per_epoch * shipped.train.batch_size == 12_800
+
+
 def test_the_shipped_model_emits_logits():
     from lesionseg.model.unet import assert_emits_logits
     from lesionseg.inference.predictor import load_run_model
