@@ -15,7 +15,15 @@ one config (default: the README demo, pipelines/samples.toml on data_samples/):
 The pipeline's overhead is ``raw / pipeline - 1``.  Whole-volume validation
 is timed separately (once per epoch, not per patch).
 
+``--precisions float32,bfloat16 [--monai]`` measures instead the raw train step
+of the config's network in each ``train.precision`` and, with ``--monai``, the
+same network in torch trained by MONAI's ``SupervisedTrainer`` (float32, and
+under CPU bfloat16 autocast: MONAI's own ``amp`` switch autocasts CUDA only),
+all interleaved in one process with the same threads, data, loss and batch.
+
     .venv/bin/python bench/bench_train.py [--config C] [--data DATA] [--steps N]
+    .venv/bin/python bench/bench_train.py --config pipelines/ms_recipe_dice.toml \
+        --precisions float32,bfloat16 --monai
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +50,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median reported)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--precisions", help="comma-separated train.precision values: compare raw steps only")
+    parser.add_argument("--monai", action="store_true", help="with --precisions: also MONAI's SupervisedTrainer")
     args = parser.parse_args()
 
     from lesionseg.config import load_config
@@ -62,6 +74,9 @@ def main() -> int:
     from lesionseg.training.distribution import jit_compile
     from lesionseg.training.progress import progress_callback
     from lesionseg.training.validation import validate
+
+    if args.precisions:
+        return compare_precisions(config, backend, args)
 
     cfg = config.train
     head = config.model.head
@@ -144,6 +159,126 @@ def main() -> int:
     shape = cases[0].image.shape[:3]
     print(f"whole-volume validation: {val.seconds / 2:.2f} s per {'x'.join(map(str, shape))} case")
     return 0
+
+
+def compare_precisions(config, backend: str, args: argparse.Namespace) -> int:
+    """Raw train steps per ``train.precision`` (and MONAI's trainer): interleaved rounds, medians."""
+    import keras
+    import numpy as np
+
+    from lesionseg.config import PRECISIONS
+    from lesionseg.model.losses import get_loss
+    from lesionseg.model.unet import build_unet, level_filters, precision_policy
+    from lesionseg.training.distribution import jit_compile
+
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown:
+        print(f"--precisions: unknown {', '.join(unknown)} (one of {', '.join(PRECISIONS)})", file=sys.stderr)
+        return 1
+    cfg, head = config.train, config.model.head
+    size, n_ch = tuple(config.patches.size), len(config.data.channels)
+    steps = args.steps + args.warmup
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((steps * cfg.batch_size, *size, n_ch)).astype(np.float32)
+    y = (rng.random((steps * cfg.batch_size, *size, 1)) < 0.02).astype(np.float32)
+
+    def lesionseg_step(precision: str):
+        keras.utils.set_random_seed(cfg.seed)
+        with precision_policy(precision):
+            model = build_unet(config.model, n_ch, size)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                      loss=get_loss(config.loss.name, head, **dict(config.loss.params)),
+                      jit_compile=jit_compile(backend))
+
+        class Timer(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch + 1 == args.warmup:
+                    self.t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds = time.perf_counter() - self.t0
+
+        def run() -> float:
+            timer = Timer()
+            model.fit(x, y, batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+            return args.steps * cfg.batch_size / timer.seconds
+
+        return run
+
+    runners = {f"lesionseg ({backend}), train.precision={p}": lesionseg_step(p) for p in precisions}
+    if args.monai:
+        if config.model.depth != 2 or head != "sigmoid":
+            print("--monai: the torch twin is the depth-2 sigmoid U-Net only", file=sys.stderr)
+            return 1
+        runners.update(monai_trainers(x, y, cfg, tuple(level_filters(config.model)), n_ch, args, precisions))
+    rounds: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            rounds[name].append(run())
+    print(f"{os.cpu_count()} CPU(s), train.threads={cfg.threads}; network depth {config.model.depth}, "
+          f"filters {'/'.join(map(str, level_filters(config.model)))}, loss {config.loss.name}, "
+          f"batch {cfg.batch_size} x {'x'.join(map(str, size))} x {n_ch} channels; {args.steps} timed steps")
+    print(f"{'raw train step (median of %d rounds)' % args.rounds:<64}{'patches/s':>10}")
+    for name, values in rounds.items():
+        print(f"{name:<64}{float(np.median(values)):>10.2f}")
+    return 0
+
+
+def monai_trainers(x, y, cfg, filters: tuple[int, ...], n_ch: int, args: argparse.Namespace,
+                   precisions: list[str]) -> dict:
+    """MONAI ``SupervisedTrainer`` runs on the torch twin of the network (``bench_inference.torch_unet``)."""
+    import monai
+    import torch
+    from ignite.engine import Events
+    from monai.engines import SupervisedTrainer
+    from monai.losses import DiceLoss
+    from torch.utils.data import DataLoader, TensorDataset
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_inference import torch_unet
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    images = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+    labels = torch.from_numpy(np.ascontiguousarray(np.moveaxis(y, -1, 1)))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=cfg.batch_size, shuffle=False)
+
+    class Autocast(torch.nn.Module):
+        """CPU bfloat16 autocast around the network; float32 logits out."""
+
+        def __init__(self, net: torch.nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, batch):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.net(batch).float()
+
+    def trainer(precision: str):
+        torch.manual_seed(cfg.seed)
+        net = torch_unet(n_ch, filters)
+        net = Autocast(net) if precision == "bfloat16" else net
+        engine = SupervisedTrainer(
+            device=torch.device("cpu"), max_epochs=1, train_data_loader=loader, network=net,
+            optimizer=torch.optim.Adam(net.parameters(), cfg.learning_rate), loss_function=DiceLoss(sigmoid=True),
+            prepare_batch=lambda batch, device, non_blocking, **kw: (batch[0], batch[1]),
+        )
+        marks: dict[str, float] = {}
+
+        @engine.on(Events.ITERATION_COMPLETED)
+        def _mark(e):
+            if e.state.iteration == args.warmup:
+                marks["t0"] = time.perf_counter()
+
+        def run() -> float:
+            engine.run()  # a finished engine starts again from iteration 0
+            return args.steps * cfg.batch_size / (time.perf_counter() - marks["t0"])
+
+        return run
+
+    return {f"MONAI {monai.__version__} SupervisedTrainer (torch {torch.__version__.split('+')[0]}), {p}": trainer(p)
+            for p in precisions}
 
 
 if __name__ == "__main__":

@@ -53,3 +53,75 @@ def configure_backend(threads: int = 2, seed: int | None = None) -> str:
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
     return backend
+
+
+def cpu_computes_bfloat16(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> bool | None:
+    """Whether the CPU has native bfloat16 arithmetic (AVX-512 BF16 or AMX), ``None`` when unknown.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "cpuinfo"
+    >>> _ = f.write_text("flags\\t\\t: fpu avx2 fma\\n")
+    >>> cpu_computes_bfloat16(f)
+    False
+    >>> _ = f.write_text("flags\\t\\t: fpu avx512f avx512_bf16\\n")
+    >>> cpu_computes_bfloat16(f)
+    True
+    """
+    try:
+        with open(cpuinfo) as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return None
+    return None
+
+
+def accelerator_present(backend: str) -> bool:
+    """Whether the Keras backend sees a GPU (or another non-CPU device)."""
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf  # local: the backend in use
+
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "torch":
+            import torch  # local: the backend in use
+
+            return bool(torch.cuda.is_available())
+        if backend == "jax":
+            import jax  # local: the backend in use
+
+            return jax.default_backend() != "cpu"
+    except Exception:  # noqa: BLE001  (a broken device query must not stop the run)
+        return False
+    return False
+
+
+def warn_if_bfloat16_is_emulated(setting: str, precision: str) -> bool:
+    """Log a warning when ``setting`` asks for bfloat16 where neither a GPU nor the CPU computes it.
+
+    Without AVX-512 BF16 or AMX the backends emulate bfloat16: measured on an
+    AVX2-only CPU (README, *Performance*), a training step was 5× (TensorFlow)
+    to 40× (PyTorch) slower than in float32, and inference 7× slower.
+
+    Returns
+    -------
+    bool
+        Whether the warning was logged.
+    """
+    if precision != "bfloat16":
+        return False
+    import keras  # local: called after configure_backend
+
+    backend = keras.backend.backend()
+    if accelerator_present(backend) or cpu_computes_bfloat16() is not False:
+        return False
+    log.warning(
+        "%s=bfloat16 on a CPU without AVX-512 BF16 or AMX and no GPU: %s emulates bfloat16 here, several "
+        "times slower than float32 (README, Performance); --set %s=float32 is faster on this machine",
+        setting, backend, setting,
+    )
+    return True

@@ -22,6 +22,7 @@ from lesionseg.config.vocabulary import (
     MODEL_KINDS,
     NORMALIZATIONS,
     NORMS,
+    PRECISIONS,
     SCHEDULES,
     STRATEGIES,
     UPSAMPLINGS,
@@ -156,6 +157,19 @@ class PatchConfig:
     hard_margin : int
         Voxels within this distance (chessboard) of a lesion are not hard
         negatives (lesion borders are uncertain, not false).
+    hard_mining_every : int
+        0 (default): the hard negatives are the bright voxels above, fixed.
+        N > 0: online hard-negative mining — from epoch ``hard_mining_start``
+        on, every N epochs the network being trained predicts its training
+        exams and the voxels where it fires (probability at least
+        ``hard_mining_probability``) inside the brain and more than
+        ``hard_margin`` voxels from every lesion become the hard negatives
+        of the next epochs (:mod:`lesionseg.training.mining`); an exam where
+        it fires nowhere keeps its bright voxels.
+    hard_mining_start : int
+        Epochs trained before the first mining (the network must fire first).
+    hard_mining_probability : float
+        Probability from which a voxel counts as fired.
     alpha : float
         Lesion choice weight (within the case) ∝ volume**alpha: 0 = uniform
         over lesions, 1 = proportional to lesion voxels (the peers' behaviour).
@@ -184,6 +198,9 @@ class PatchConfig:
     hard_channel: str = "flair"
     hard_threshold: float = 2.0
     hard_margin: int = 2
+    hard_mining_every: int = 0
+    hard_mining_start: int = 2
+    hard_mining_probability: float = 0.5
     alpha: float = 0.0
     jitter: float = 0.5
     balance: bool = True
@@ -205,6 +222,12 @@ class PatchConfig:
         require(is_number(self.hard_threshold), "patches.hard_threshold", "a finite number", self.hard_threshold)
         require(isinstance(self.hard_margin, int) and not isinstance(self.hard_margin, bool) and self.hard_margin >= 0,
                 "patches.hard_margin", "an integer >= 0", self.hard_margin)
+        at_least("patches.hard_mining_every", self.hard_mining_every, 0)
+        at_least("patches.hard_mining_start", self.hard_mining_start, 1)
+        unit_interval("patches.hard_mining_probability", self.hard_mining_probability)
+        require(self.hard_mining_every == 0 or self.hard_fraction > 0, "patches.hard_mining_every",
+                "0 unless patches.hard_fraction > 0 (mined negatives are drawn as hard patches)",
+                self.hard_mining_every)
         require(is_number(self.alpha), "patches.alpha", "a finite number", self.alpha)
         unit_interval("patches.jitter", self.jitter)
         one_of("patches.connectivity", self.connectivity, CONNECTIVITIES)
@@ -447,6 +470,13 @@ class TrainConfig:
         Intra-op threads (0 = let the backend decide).
     diagnostics : bool
         Watch for the classic failures (blank collapse, NaN, logits misuse).
+    precision : {"float32", "bfloat16"}
+        Arithmetic of the training step.  ``bfloat16`` is Keras mixed
+        precision: convolutions in bfloat16, weights, batch-norm statistics,
+        logits and loss in float32 (no loss scaling needed).  It pays only
+        where the hardware computes bfloat16 natively (GPUs, CPUs with
+        AVX-512 BF16 or AMX; ``bench/bench_train.py --precisions`` measures
+        it); the saved ``model.keras`` is float32 either way.
     """
 
     epochs: int = 30
@@ -465,6 +495,7 @@ class TrainConfig:
     strategy: str = "default"
     threads: int = 2
     diagnostics: bool = True
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         for key in ("epochs", "steps_per_epoch", "batch_size", "validate_every", "plateau_patience"):
@@ -478,3 +509,4 @@ class TrainConfig:
         one_of("train.schedule", self.schedule, SCHEDULES)
         unit_interval("train.val_fraction", self.val_fraction, closed_high=False)
         one_of("train.strategy", self.strategy, STRATEGIES)
+        one_of("train.precision", self.precision, PRECISIONS)

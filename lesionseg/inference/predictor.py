@@ -176,6 +176,9 @@ def prepare_for_inference(model: Any, config: Config) -> Any:
     """
     from lesionseg.model.unet import inference_model  # local: Keras loads with the model (see load_run_model)
 
+    from lesionseg.runtime import warn_if_bfloat16_is_emulated
+
+    warn_if_bfloat16_is_emulated("infer.precision", config.infer.precision)
     try:
         return inference_model(model, config.model, config.infer.precision)
     except LesionsegError as exc:

@@ -18,10 +18,12 @@ registered for compiled models.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -217,6 +219,48 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
 
 
 
+@contextlib.contextmanager
+def precision_policy(precision: str) -> Iterator[None]:
+    """Layers built inside this block compute in ``precision``.
+
+    ``bfloat16`` is Keras' ``mixed_bfloat16`` policy: variables stay float32,
+    convolutions run in bfloat16, batch normalisation upcasts to float32 and
+    the head (built with ``dtype="float32"``) emits float32 logits.  The global
+    policy is restored on exit.
+
+    Raises
+    ------
+    LesionsegError
+        ``precision`` is not one of ``PRECISIONS``.
+    """
+    if precision not in PRECISIONS:
+        raise LesionsegError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_model(model: keras.Model) -> keras.Model:
+    """The same network computing in float32: what a run saves after mixed-precision training.
+
+    Mixed-precision variables are float32 already, so the copy holds exactly
+    the trained weights; a float32 model is returned as it is.  The copy is
+    not compiled (inference and tuning do not need the optimizer).
+    """
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+
+    def as_float32(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=as_float32)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def inference_model(model: keras.Model, cfg: ModelConfig, precision: str = "float32") -> keras.Model:
     """A faster copy of a trained U-Net for inference: batch norm folded into the convolutions.
 
@@ -246,13 +290,8 @@ def inference_model(model: keras.Model, cfg: ModelConfig, precision: str = "floa
     if cfg.norm != "batch" and precision == "float32":
         return model
     in_channels = int(model.input_shape[-1])
-    policy = keras.config.dtype_policy()
-    try:
-        if precision == "bfloat16":
-            keras.config.set_dtype_policy("mixed_bfloat16")
+    with precision_policy(precision):
         target = build_unet(dataclasses.replace(cfg, norm="none" if cfg.norm == "batch" else cfg.norm), in_channels)
-    finally:
-        keras.config.set_dtype_policy(policy)
     source = {layer.name: layer for layer in model.layers}
     for layer in target.layers:
         if not layer.weights:

@@ -264,9 +264,15 @@ def resumed_history(run_dir: Path, epoch: int) -> list[dict[str, Any]]:
 
 
 def save_model(model: Any, path: Path) -> None:
-    """``model.save`` through a temporary file (never a half-written model)."""
+    """``model.save`` through a temporary file (never a half-written model).
+
+    A mixed-precision model is saved as its float32 copy
+    (:func:`lesionseg.model.unet.float32_model`): inference picks its own precision.
+    """
+    from lesionseg.model.unet import float32_model
+
     with writing.atomic_path(path) as tmp:
-        model.save(tmp)
+        float32_model(model).save(tmp)
 
 
 def save_best(model: Any, run_dir: Path, evaluations: Sequence[Any] | None, evaluate_cfg: Any) -> None:

@@ -271,13 +271,16 @@ def _build_model(run: _Setup) -> tuple[Any, Any]:
 
     from lesionseg.model.losses import get_loss
     from lesionseg.model.metrics import make_metrics
-    from lesionseg.model.unet import build_unet, count_parameters
+    from lesionseg.model.unet import build_unet, count_parameters, precision_policy
+    from lesionseg.runtime import warn_if_bfloat16_is_emulated
     from lesionseg.training.monitor import diagnostic_metrics
 
     config, cfg, strategy = run.config, run.config.train, run.strategy
     head = config.model.head
+    warn_if_bfloat16_is_emulated("train.precision", cfg.precision)
     with scope(strategy):
-        model = build_unet(config.model, len(config.data.channels), tuple(config.patches.size))
+        with precision_policy(cfg.precision):
+            model = build_unet(config.model, len(config.data.channels), tuple(config.patches.size))
         loss_fn = get_loss(config.loss.name, head, **dict(config.loss.params))
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
@@ -287,9 +290,10 @@ def _build_model(run: _Setup) -> tuple[Any, Any]:
         )
         model.optimizer.build(model.trainable_variables)
     log.info(
-        "model %s: %s parameters; loss %s; %s schedule from lr %.3g; %d x %d patches of %s per epoch%s",
+        "model %s: %s parameters%s; loss %s; %s schedule from lr %.3g; %d x %d patches of %s per epoch%s",
         model.name,
         f"{count_parameters(model):,}",
+        " (mixed bfloat16)" if cfg.precision == "bfloat16" else "",
         config.loss.name,
         cfg.schedule,
         cfg.learning_rate,
@@ -359,6 +363,12 @@ def _fit(run: _Setup, model: Any, sequence: Any, control: Any, callbacks: list[A
     cfg = run.config.train
     sequence.set_epoch(control.state.epoch)
     stage = [progress_callback(cfg.epochs, cfg.steps_per_epoch), control.diagnostics, control]
+    if run.config.patches.hard_mining_every > 0:
+        from lesionseg.training.mining import HardNegativeMiner
+
+        miner = HardNegativeMiner(sequence, run.config, control.checkpoint_dir)
+        miner.restore(control.state.epoch)
+        stage.append(miner)
     try:
         # shuffle=False: fit's default shuffles the order of the sequence's batches with Python's global
         # `random`, which is re-seeded at every start and is in no checkpoint, so a resumed run would feed
