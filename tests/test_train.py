@@ -236,10 +236,14 @@ def test_mirrored_strategy_on_two_logical_cpus(data, tmp_path):
     import sys
 
     run = tmp_path / "mirrored"
-    args = ["train", "--config", str(SMOKE), "--data", str(data), "--out", str(run), "--set", "train.strategy=mirrored"]
+    # with online hard-negative mining: the network predicts its training exams under the strategy too
+    args = ["train", "--config", str(SMOKE), "--data", str(data), "--out", str(run), "--set", "train.strategy=mirrored",
+            "--set", "patches.hard_fraction=0.3", "--set", "patches.hard_mining_every=1",
+            "--set", "patches.hard_mining_start=1", "--set", "patches.hard_mining_probability=0.0"]
     proc = subprocess.run([sys.executable, "-c", MIRRORED, *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "on 2 replicas" in proc.stderr
+    assert "hard negatives mined before epoch 2" in proc.stderr
     rows = read_history(run / "history.csv")
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(0.0 < r["loss"] <= 1.0 for r in rows)  # a Dice loss: not summed over the 2 replicas

@@ -96,10 +96,13 @@ class HardNegativeMiner(keras.callbacks.Callback):
         ``[patches]`` (mining settings, margin), the window and head.
     checkpoint_dir : Path or None
         Where the mined voxels are kept for a resume (``None``: not kept).
+    distributed : bool
+        The model was built under a ``tf.distribute`` strategy (predicted by a plain call).
     """
 
-    def __init__(self, sequence: Any, config: Any, checkpoint_dir: Path | None) -> None:
+    def __init__(self, sequence: Any, config: Any, checkpoint_dir: Path | None, distributed: bool = False) -> None:
         super().__init__()
+        self.distributed = distributed
         self.sequence = sequence
         self.patches = config.patches
         self.config = dataclasses.replace(config, infer=dataclasses.replace(config.infer, overlap=MINING_OVERLAP,
@@ -134,7 +137,9 @@ class HardNegativeMiner(keras.callbacks.Callback):
         if not is_mining_epoch(epoch, self.patches.hard_mining_start, self.patches.hard_mining_every):
             return
         t0 = time.perf_counter()
-        predictor = Predictor.from_model(self.model, self.config)
+        from lesionseg.training.validation import DirectPredictor
+
+        predictor = Predictor.from_model(DirectPredictor(self.model) if self.distributed else self.model, self.config)
         mined = [mine_case(predictor, case, self.patches.hard_mining_probability, self.patches.hard_margin)
                  for case in self.sequence.cases]
         self.apply(mined, epoch)

@@ -366,7 +366,7 @@ def _fit(run: _Setup, model: Any, sequence: Any, control: Any, callbacks: list[A
     if run.config.patches.hard_mining_every > 0:
         from lesionseg.training.mining import HardNegativeMiner
 
-        miner = HardNegativeMiner(sequence, run.config, control.checkpoint_dir)
+        miner = HardNegativeMiner(sequence, run.config, control.checkpoint_dir, distributed=run.strategy is not None)
         miner.restore(control.state.epoch)
         stage.append(miner)
     try:

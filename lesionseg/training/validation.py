@@ -85,7 +85,7 @@ def _nan0(x: float) -> float:
     return 0.0 if x is None or not math.isfinite(x) else float(x)
 
 
-class _DirectPredictor:
+class DirectPredictor:
     """``predict_on_batch`` by a plain call: under a tf.distribute strategy Keras's
     ``predict_on_batch`` splits the windows across replicas and returns them twice."""
 
@@ -119,7 +119,7 @@ def validate(model: Any, cases: Sequence[Any], config: Config, distributed: bool
     t0 = time.perf_counter()
     evaluations = []
     n_fg = n_vox = n_truth = 0
-    predictor = Predictor.from_model(_DirectPredictor(model) if distributed else model, config)
+    predictor = Predictor.from_model(DirectPredictor(model) if distributed else model, config)
     for case in cases:
         prob = predictor.probability(case.image)
         pred = postprocess(prob, config.infer, case.grid.zooms, None)
