@@ -106,14 +106,6 @@ def main() -> int:
     piped = new_model(make_metrics(head) + diagnostic_metrics(head))
     loss_fn = get_loss(config.loss.name, head, **dict(config.loss.params))
 
-    class Timer(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch + 1 == args.warmup:
-                self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds = time.perf_counter() - self.t0
-
     def time_sampler() -> float:
         t0 = time.perf_counter()
         for i in range(steps):
@@ -121,12 +113,10 @@ def main() -> int:
         return steps * cfg.batch_size / (time.perf_counter() - t0)
 
     def time_raw(model: keras.Model) -> float:
-        timer = Timer()
-        model.fit(x, y, batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
-        return args.steps * cfg.batch_size / timer.seconds
+        return timed_fit(model, x, y, cfg.batch_size, args.warmup, args.steps)
 
     def time_pipeline(epoch: int) -> float:
-        timer = Timer()
+        timer = step_timer(args.warmup)
         diag = DiagnosticsCallback(TrainingMonitor(head=head), probe=seq[0], loss_fn=loss_fn)
         seq.set_epoch(epoch)
         piped.fit(seq, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=[progress_callback(1, steps), diag, timer])
@@ -161,6 +151,28 @@ def main() -> int:
     return 0
 
 
+def step_timer(warmup: int):
+    """A Keras callback timing an epoch from the end of its ``warmup``-th batch (``.seconds``)."""
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 == warmup:
+                self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds = time.perf_counter() - self.t0
+
+    return StepTimer()
+
+
+def timed_fit(model, x, y, batch_size: int, warmup: int, steps: int) -> float:
+    """Patches per second of ``model.fit`` on in-memory arrays, the first ``warmup`` batches untimed."""
+    timer = step_timer(warmup)
+    model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+    return steps * batch_size / timer.seconds
+
+
 def compare_precisions(config, backend: str, args: argparse.Namespace) -> int:
     """Raw train steps per ``train.precision`` (and MONAI's trainer): interleaved rounds, medians."""
     import keras
@@ -190,21 +202,7 @@ def compare_precisions(config, backend: str, args: argparse.Namespace) -> int:
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                       loss=get_loss(config.loss.name, head, **dict(config.loss.params)),
                       jit_compile=jit_compile(backend))
-
-        class Timer(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if batch + 1 == args.warmup:
-                    self.t0 = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.seconds = time.perf_counter() - self.t0
-
-        def run() -> float:
-            timer = Timer()
-            model.fit(x, y, batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
-            return args.steps * cfg.batch_size / timer.seconds
-
-        return run
+        return lambda: timed_fit(model, x, y, cfg.batch_size, args.warmup, args.steps)
 
     runners = {f"lesionseg ({backend}), train.precision={p}": lesionseg_step(p) for p in precisions}
     if args.monai:
