@@ -190,20 +190,24 @@ def cmd_lopo(args: argparse.Namespace) -> None:
             print(f"[{patient}] done already ({run_dir})")
             continue
         if args.models_from and not (run_dir / "model.keras").is_file():
-            reuse_fold_model(Path(args.models_from) / patient, run_dir)
+            reuse_fold_model(Path(args.models_from) / patient, run_dir, keep_decision=not args.retune)
         train_and_evaluate(run_dir, patient, args.set, tune=True, config=config, tune_on_train=True,
                            train_backend=args.train_backend, infer_sets=args.infer_set, eval_data=eval_data,
                            atlas=args.atlas)
     pooled_reports(out, config, eval_data)
 
 
-def reuse_fold_model(source: Path, run_dir: Path) -> None:
-    """Copy a fold's trained model and tuned decision from another LOPO folder, to add e.g. the atlas filter."""
+def reuse_fold_model(source: Path, run_dir: Path, keep_decision: bool = True) -> None:
+    """Copy a fold's trained model (and, with ``keep_decision``, its tuned decision) from another LOPO folder.
+
+    To add e.g. the atlas filter to the same networks, or (``keep_decision=False``) to tune them
+    again over another grid.
+    """
     if not (source / "model.keras").is_file():
         sys.exit(f"{source / 'model.keras'}: missing; train that fold first")
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("model.keras", "config.yaml", "history.csv", "train.log", "curves.png", "split.csv",
-                 "tuning.json", "tuning.csv"):
+    decision = ("tuning.json", "tuning.csv") if keep_decision else ()
+    for name in ("model.keras", "config.yaml", "history.csv", "train.log", "curves.png", "split.csv", *decision):
         if (source / name).is_file():
             shutil.copy2(source / name, run_dir / name)
     print(f"[{run_dir.name}] model of {source} reused", flush=True)
@@ -452,6 +456,9 @@ def main() -> None:
                     help="store a lesion atlas of the other Lesjak patients with each fold, tune its cut-off too")
     lo.add_argument("--models-from", help="reuse the fold models of this LOPO folder (same recipe) instead of "
                     "training: compare decisions (e.g. --atlas) on the same networks")
+    lo.add_argument("--retune", action="store_true", help="with --models-from: tune the decision again on the "
+                    "training exams (e.g. over the grid of --infer-set infer.tune_thresholds=[...]) instead of "
+                    "reusing the fold's")
     lo.add_argument("--train-backend", choices=["tensorflow", "torch", "jax"],
                     help="Keras backend of the training step only (default: the environment's)")
     lo.set_defaults(func=cmd_lopo)
