@@ -161,6 +161,17 @@ def test_tune_cli_stores_the_pair_and_infer_uses_it(tiny_run, tmp_path):
     np.testing.assert_array_equal(pred, expected)
 
 
+def test_a_decision_on_the_edge_of_its_grid_is_reported(tiny_run, capsys):
+    run, data = tiny_run
+    # two thresholds: whichever wins is an edge of the grid
+    sets = ["--set", "infer.tune_thresholds=[0.3,0.5]", "--set", "infer.tune_min_sizes_mm3=[0,4,20]"]
+    assert main(["tune", "--model", str(run), "--data", str(data), *sets]) == 0
+    stored = json.loads((run / "tuning.json").read_text())
+    err = capsys.readouterr().err
+    assert f"threshold {stored['threshold']:g} is" in err and "at the edge of its grid" in err
+    assert ("minimum size 20 mm³ is" in err) == (stored["min_lesion_mm3"] == 20.0)
+
+
 def test_tune_needs_masks(tiny_run):
     run, data = tiny_run
     (data / "c2" / "lesion_mask.nii.gz").unlink()

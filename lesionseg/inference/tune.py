@@ -374,6 +374,13 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
         f" (0.5 / 0 mm³ gives F1 {default.lesion_f1.iloc[0]:.3f})" if len(default) else "",
         path,
     )
+    edges = grid_edges(result.threshold, result.min_lesion_mm3, ts, ms)
+    if edges:
+        log.warning(
+            "the tuned %s at the edge of its grid: the best decision may lie beyond it; widen the grid "
+            "(e.g. --set 'infer.tune_thresholds=[...]' / 'infer.tune_min_sizes_mm3=[...]') and tune again",
+            " and ".join(edges),
+        )
     best_dice = result.table.dice_mean.max()
     if not math.isnan(result.dice) and best_dice > 0 and result.dice < 0.5 * best_dice:
         log.warning(
@@ -386,6 +393,29 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
             run_dir / TABLE_FILE,
         )
     return result
+
+
+def grid_edges(threshold: float, min_size: float, thresholds: Sequence[float], min_sizes: Sequence[float]) -> list[str]:
+    """The tuned values that sit on an outer edge of their grid (a best value may lie beyond it).
+
+    A threshold at the grid's top or bottom and a minimum size at its top count; a minimum size of
+    the smallest value (usually 0, no filter) does not.  Single-value grids are not tuned and never count.
+
+    Examples
+    --------
+    >>> grid_edges(0.9, 5.0, [0.1, 0.5, 0.9], [0.0, 5.0, 50.0])
+    ['threshold 0.9 is']
+    >>> grid_edges(0.5, 50.0, [0.1, 0.5, 0.9], [0.0, 5.0, 50.0])
+    ['minimum size 50 mm³ is']
+    >>> grid_edges(0.5, 5.0, [0.1, 0.5, 0.9], [0.0, 5.0, 50.0])
+    []
+    """
+    edges = []
+    if len(thresholds) > 1 and threshold in (max(thresholds), min(thresholds)):
+        edges.append(f"threshold {threshold:g} is")
+    if len(min_sizes) > 1 and min_size == max(min_sizes):
+        edges.append(f"minimum size {min_size:g} mm³ is")
+    return edges
 
 
 def _predict_cases(
