@@ -108,6 +108,50 @@ def test_softmax_with_logits_0_z_equals_sigmoid_with_z(name):
         np.testing.assert_allclose(g_soft[..., 0:1], -g_sig, rtol=1e-4, atol=1e-9)
 
 
+# --------------------------------------------------------------------------- per-class terms
+
+EXPECTED_TERMS = {
+    "dice": {"region_lesion"}, "tversky": {"region_lesion"}, "focal_tversky": {"region_lesion"},
+    "bce": {"ce_background", "ce_lesion"}, "focal": {"ce_background", "ce_lesion"},
+    "symmetric_focal": {"ce_background", "ce_lesion"}, "asymmetric_focal": {"ce_background", "ce_lesion"},
+    "combo": {"ce_background", "ce_lesion", "region_lesion"},
+    "symmetric_focal_tversky": {"region_background", "region_lesion"},
+    "asymmetric_focal_tversky": {"region_background", "region_lesion"},
+    "symmetric_unified_focal": {"ce_background", "ce_lesion", "region_background", "region_lesion"},
+    "asymmetric_unified_focal": {"ce_background", "ce_lesion", "region_background", "region_lesion"},
+}
+
+
+def numpy_terms(loss, y, logits) -> dict[str, float]:
+    return {k: float(keras.ops.convert_to_numpy(v)) for k, v in loss.terms(y, logits).items()}
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_terms_sum_to_the_loss_and_agree_between_heads(name):
+    assert set(EXPECTED_TERMS) == set(LOSS_NAMES)
+    y, z = random_case(3, scale=3.0)
+    sig, soft = get_loss(name, "sigmoid"), get_loss(name, "softmax")
+    terms = numpy_terms(sig, y, z)
+    assert set(terms) == EXPECTED_TERMS[name]
+    assert sum(terms.values()) == pytest.approx(float(sig(y, z)), rel=1e-6)
+    soft_terms = numpy_terms(soft, y, as_head(z, "softmax"))
+    assert soft_terms == pytest.approx(terms, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", ["bce", "asymmetric_focal", "dice", "asymmetric_unified_focal"])
+def test_a_false_positive_raises_the_terms_that_see_it(name):
+    """Turn one confident background voxel into a confident false positive: which terms move."""
+    y, z = random_case(4, scale=3.0)
+    i = tuple(np.argwhere(y[..., 0] == 0)[0])
+    z[i] = -6.0
+    before = numpy_terms(get_loss(name, "sigmoid"), y, z)
+    z[i] = 6.0
+    after = numpy_terms(get_loss(name, "sigmoid"), y, z)
+    moved = {k for k in before if after[k] > before[k] * (1 + 1e-6) + 1e-9}
+    assert moved == ({"ce_background", "region_background", "region_lesion"} & EXPECTED_TERMS[name])
+    assert all(after[k] == pytest.approx(before[k]) for k in set(before) - moved)
+
+
 # --------------------------------------------------------------------------- closed forms
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -101,9 +102,42 @@ def test_interrupted_study_finishes_without_redoing_cells(samples_dir, tmp_path)
     assert (table.GT == table.TP + table.FN).all()
     assert (out / "table.md").is_file() and (out / "tp_fp.png").stat().st_size > 0
 
+    # every cell's loss split into its per-class terms on the held-out exams (summed: the loss)
+    terms = pd.read_csv(out / "terms.csv").set_index("loss")
+    assert sorted(terms.index) == ["bce", "dice", "focal"]
+    assert terms.loc["dice", ["ce_background", "ce_lesion", "region_background"]].isna().all()
+    assert terms.loc["bce", ["ce_background", "ce_lesion"]].notna().all()
+    parts = terms[["ce_background", "ce_lesion", "region_background", "region_lesion"]].fillna(0.0).sum(axis=1)
+    assert parts.to_numpy() == pytest.approx(terms.total.to_numpy(), rel=1e-5)
+    assert (terms.soft_fp_ml >= 0).all() and (out / "terms_table.md").is_file()
+    terms_stamp = (out / "terms.csv").stat().st_mtime_ns
+
     # a third start finds nothing to do
     assert main(["study", "--config", str(study), "--data", str(samples_dir), "--out", str(out)]) == 0
     assert len(pd.read_csv(results)) == 3
+    assert (out / "terms.csv").stat().st_mtime_ns == terms_stamp  # nothing recomputed
+
+
+def test_exam_terms_are_the_loss_split_by_class():
+    """Probabilities fed back through a loss: known cross-entropy terms, soft error masses, either head."""
+    from lesionseg.model.losses import get_loss
+    from lesionseg.study.terms import exam_terms
+
+    truth = np.zeros(1000, np.uint8)
+    truth[:100] = 1
+    prob = np.full(1000, 0.5, np.float32)
+    prob[:100] = 0.9  # lesion found at 0.9; background at 0.5 everywhere: 450 voxels' worth of false mass
+    for head in ("sigmoid", "softmax"):
+        got = exam_terms(prob, truth, get_loss("bce", head), voxel_ml=0.001)
+        assert got["ce_background"] == pytest.approx(0.9 * np.log(2), rel=1e-5)
+        assert got["ce_lesion"] == pytest.approx(0.1 * -np.log(0.9), rel=1e-4)
+        assert got["total"] == pytest.approx(got["ce_background"] + got["ce_lesion"])
+        assert got["soft_fp_ml"] == pytest.approx(0.45) and got["soft_fn_ml"] == pytest.approx(0.01, rel=1e-4)
+    dice = exam_terms(prob, truth, get_loss("dice", "sigmoid"), voxel_ml=0.001)
+    assert set(dice) == {"region_lesion", "total", "soft_fp_ml", "soft_fn_ml"}
+    assert dice["region_lesion"] == pytest.approx(1 - 2 * 90 / (2 * 90 + 10 + 450), rel=1e-4)
+    with pytest.raises(LesionsegError, match="probabilities for"):
+        exam_terms(prob, truth[:10], get_loss("dice", "sigmoid"), voxel_ml=0.001)
 
 
 def test_summary_pools_seeds_and_folds(tmp_path):

@@ -39,6 +39,16 @@ positives to a well-defined Dice instead of a per-patch Dice that is 1 for
 any false positive; ``batch_dice=False`` computes one index per patch and
 averages them (the reference implementation).
 
+Per-class terms
+---------------
+Every loss is written as a sum of named terms, one per class and part —
+``ce_background``, ``ce_lesion`` (distribution), ``region_background``,
+``region_lesion`` (region) — each already weighted (λ, δ, ½ over classes):
+``LesionLoss.call`` is their sum and :meth:`LesionLoss.terms` returns them,
+so what each class contributes to a loss (during training, or on a trained
+network's predictions: ``lesionseg study --terms``) is read from the same
+code that trains, not re-derived.
+
 The defaults of each loss are in :data:`LOSS_DEFAULTS` (and the docstrings).
 """
 
@@ -54,7 +64,13 @@ from lesionseg.errors import LesionsegError
 from lesionseg.model.heads import HEADS, class_log_probabilities, head_channels
 from lesionseg.model.loss_spec import LOSS_DEFAULTS, LOSS_NAMES, check_loss_name, check_loss_params
 
-__all__ = ["LOSS_DEFAULTS", "LOSS_NAMES", "LesionLoss", "get_loss", "loss_from_config"]
+__all__ = ["LOSS_DEFAULTS", "LOSS_NAMES", "TERM_NAMES", "LesionLoss", "Terms", "get_loss", "loss_from_config"]
+
+Terms = dict[str, Any]
+"""A loss's per-class terms: name -> scalar tensor; the loss is their sum."""
+
+TERM_NAMES = ("ce_background", "ce_lesion", "region_background", "region_lesion")
+"""Every term a loss of the family can have (see :meth:`LesionLoss.terms`)."""
 
 _TINY = 1e-30  # floor of a base raised to a power < 1 (its gradient at 0 is infinite)
 
@@ -116,20 +132,26 @@ def _tversky_errors(y, log_bg, log_fg, delta: float, smooth: float, batch_dice: 
     return error(tp_bg, fp_fg, fn_fg), error(tp_fg, fn_fg, fp_fg)
 
 
-def _region(y, log_bg, log_fg, *, delta, smooth, batch_dice, classes, exp_bg, exp_fg):
-    """Mean over classes (and patches) of (1 − TI_c)**exponent_c."""
+def _region(y, log_bg, log_fg, *, delta, smooth, batch_dice, classes, exp_bg, exp_fg) -> Terms:
+    """(1 − TI_c)**exponent_c averaged over patches, as per-class terms.
+
+    ``classes="foreground"``: one term, ``region_lesion``; ``"both"``: the
+    two classes' terms, each weighted ½ (their sum is the mean over classes).
+    """
     err_bg, err_fg = _tversky_errors(y, log_bg, log_fg, delta, smooth, batch_dice)
-    term = _power(err_fg, exp_fg)
-    if classes == "both":
-        term = 0.5 * (_power(err_bg, exp_bg) + term)
-    return ops.mean(term)
+    lesion = ops.mean(_power(err_fg, exp_fg))
+    if classes != "both":
+        return {"region_lesion": lesion}
+    return {"region_background": 0.5 * ops.mean(_power(err_bg, exp_bg)), "region_lesion": 0.5 * lesion}
 
 
-def _cross_entropy(y, log_bg, log_fg, *, w_bg, w_fg, gamma_bg, gamma_fg):
-    """Voxel mean of w_1 p_0**γ_1 CE_1 + w_0 p_1**γ_0 CE_0 (focal modulation in log space).
+def _cross_entropy(y, log_bg, log_fg, *, w_bg, w_fg, gamma_bg, gamma_fg) -> Terms:
+    """Voxel means of w_0 p_1**γ_0 CE_0 and w_1 p_0**γ_1 CE_1 (focal modulation in log space).
 
-    (1 − p_t)**γ for a lesion voxel is p_0**γ = exp(γ log p_0): exact for
-    confident voxels and differentiable everywhere.
+    Returned as the terms ``ce_background`` (background voxels' own class)
+    and ``ce_lesion``; their sum is the voxel mean of the weighted
+    cross-entropy.  (1 − p_t)**γ for a lesion voxel is p_0**γ = exp(γ log p_0):
+    exact for confident voxels and differentiable everywhere.
     """
     ce_fg = -y * log_fg
     ce_bg = -(1.0 - y) * log_bg
@@ -137,13 +159,26 @@ def _cross_entropy(y, log_bg, log_fg, *, w_bg, w_fg, gamma_bg, gamma_fg):
         ce_fg = ops.exp(gamma_fg * log_bg) * ce_fg
     if gamma_bg:
         ce_bg = ops.exp(gamma_bg * log_fg) * ce_bg
-    return ops.mean(w_fg * ce_fg + w_bg * ce_bg)
+    return {"ce_background": w_bg * ops.mean(ce_bg), "ce_lesion": w_fg * ops.mean(ce_fg)}
+
+
+def _weighted(factor: float, terms: Terms) -> Terms:
+    """Every term multiplied by ``factor`` (the λ of a compound loss)."""
+    return {name: factor * value for name, value in terms.items()}
+
+
+def _joined(*parts: Terms) -> Terms:
+    """The union of compound losses' parts (their names never collide)."""
+    joined: Terms = {}
+    for part in parts:
+        joined.update(part)
+    return joined
 
 
 # --------------------------------------------------------------------------- the losses
 
 
-def dice_loss(y, log_bg, log_fg, *, classes, smooth, batch_dice):
+def dice_terms(y, log_bg, log_fg, *, classes, smooth, batch_dice):
     r"""Soft Dice loss: 1 − DSC, DSC = (2 TP + 2s) / (2 TP + FN + FP + 2s).
 
     The Tversky index with δ = 0.5.  Default ``classes="foreground"`` (the
@@ -154,7 +189,7 @@ def dice_loss(y, log_bg, log_fg, *, classes, smooth, batch_dice):
                    classes=classes, exp_bg=1.0, exp_fg=1.0)
 
 
-def bce_loss(y, log_bg, log_fg):
+def bce_terms(y, log_bg, log_fg):
     r"""Binary cross-entropy: mean over voxels of −y log p_1 − (1 − y) log p_0.
 
     Both classes by construction (every voxel contributes its true class).
@@ -162,18 +197,18 @@ def bce_loss(y, log_bg, log_fg):
     return _cross_entropy(y, log_bg, log_fg, w_bg=1.0, w_fg=1.0, gamma_bg=0.0, gamma_fg=0.0)
 
 
-def focal_loss(y, log_bg, log_fg, *, gamma, delta):
+def focal_terms(y, log_bg, log_fg, *, gamma, delta):
     r"""Focal loss (Lin et al., 2017): mean of −α_t (1 − p_t)^γ log p_t.
 
     γ = 2 by default.  ``delta`` is the optional class weight α_t (δ for the
     lesion class, 1 − δ for background); ``None`` (default) = unweighted, so
-    γ = 0 gives :func:`bce_loss`.
+    γ = 0 gives :func:`bce_terms`.
     """
     w_fg, w_bg = (1.0, 1.0) if delta is None else (delta, 1.0 - delta)
     return _cross_entropy(y, log_bg, log_fg, w_bg=w_bg, w_fg=w_fg, gamma_bg=gamma, gamma_fg=gamma)
 
 
-def tversky_loss(y, log_bg, log_fg, *, delta, classes, smooth, batch_dice):
+def tversky_terms(y, log_bg, log_fg, *, delta, classes, smooth, batch_dice):
     r"""Tversky loss (Salehi et al., 2017): 1 − TI, δ = 0.7 (false negatives weigh more).
 
     Default ``classes="foreground"``; with ``classes="both"`` the mean of
@@ -183,7 +218,7 @@ def tversky_loss(y, log_bg, log_fg, *, delta, classes, smooth, batch_dice):
                    classes=classes, exp_bg=1.0, exp_fg=1.0)
 
 
-def focal_tversky_loss(y, log_bg, log_fg, *, delta, gamma, classes, smooth, batch_dice):
+def focal_tversky_terms(y, log_bg, log_fg, *, delta, gamma, classes, smooth, batch_dice):
     r"""Focal Tversky loss (Abraham & Khan, 2019): (1 − TI)^γ, δ = 0.7, γ = 0.75.
 
     γ is the exponent itself (Abraham & Khan write 1/γ with γ = 4/3; Yeung et
@@ -193,7 +228,7 @@ def focal_tversky_loss(y, log_bg, log_fg, *, delta, gamma, classes, smooth, batc
                    classes=classes, exp_bg=gamma, exp_fg=gamma)
 
 
-def combo_loss(y, log_bg, log_fg, *, weight, delta, classes, smooth, batch_dice):
+def combo_terms(y, log_bg, log_fg, *, weight, delta, classes, smooth, batch_dice):
     r"""Combo loss (Taghanaki et al., 2019): λ CE_δ + (1 − λ)(1 − DSC).
 
     CE_δ = mean over voxels of −δ y log p_1 − (1 − δ)(1 − y) log p_0.
@@ -202,11 +237,11 @@ def combo_loss(y, log_bg, log_fg, *, weight, delta, classes, smooth, batch_dice)
     Dice term: default ``classes="foreground"``.
     """
     ce = _cross_entropy(y, log_bg, log_fg, w_bg=1.0 - delta, w_fg=delta, gamma_bg=0.0, gamma_fg=0.0)
-    dice = dice_loss(y, log_bg, log_fg, classes=classes, smooth=smooth, batch_dice=batch_dice)
-    return weight * ce + (1.0 - weight) * dice
+    dice = dice_terms(y, log_bg, log_fg, classes=classes, smooth=smooth, batch_dice=batch_dice)
+    return _joined(_weighted(weight, ce), _weighted(1.0 - weight, dice))
 
 
-def symmetric_focal_loss(y, log_bg, log_fg, *, delta, gamma):
+def symmetric_focal_terms(y, log_bg, log_fg, *, delta, gamma):
     r"""Symmetric modified focal loss L_msF (Yeung et al., 2022).
 
     mean over voxels of −δ (1 − p_{t,1})^γ y log p_1
@@ -216,7 +251,7 @@ def symmetric_focal_loss(y, log_bg, log_fg, *, delta, gamma):
                           gamma_bg=gamma, gamma_fg=gamma)
 
 
-def asymmetric_focal_loss(y, log_bg, log_fg, *, delta, gamma):
+def asymmetric_focal_terms(y, log_bg, log_fg, *, delta, gamma):
     r"""Asymmetric modified focal loss L_maF (Yeung et al., 2022).
 
     mean over voxels of −δ y log p_1 − (1 − δ)(1 − p_{t,0})^γ (1 − y) log p_0:
@@ -227,7 +262,7 @@ def asymmetric_focal_loss(y, log_bg, log_fg, *, delta, gamma):
                           gamma_bg=gamma, gamma_fg=0.0)
 
 
-def symmetric_focal_tversky_loss(y, log_bg, log_fg, *, delta, gamma, smooth, batch_dice):
+def symmetric_focal_tversky_terms(y, log_bg, log_fg, *, delta, gamma, smooth, batch_dice):
     r"""Symmetric modified focal Tversky loss L_msFT (Yeung et al., 2022).
 
     ½ Σ_c (1 − mTI_c)^{1−γ} over background and lesion: both classes
@@ -237,7 +272,7 @@ def symmetric_focal_tversky_loss(y, log_bg, log_fg, *, delta, gamma, smooth, bat
                    classes="both", exp_bg=1.0 - gamma, exp_fg=1.0 - gamma)
 
 
-def asymmetric_focal_tversky_loss(y, log_bg, log_fg, *, delta, gamma, smooth, batch_dice):
+def asymmetric_focal_tversky_terms(y, log_bg, log_fg, *, delta, gamma, smooth, batch_dice):
     r"""Asymmetric modified focal Tversky loss L_maFT (Yeung et al., 2022).
 
     ½ [(1 − mTI_0) + (1 − mTI_1)^{1−γ}]: the focal enhancement is applied to
@@ -248,7 +283,7 @@ def asymmetric_focal_tversky_loss(y, log_bg, log_fg, *, delta, gamma, smooth, ba
                    classes="both", exp_bg=1.0, exp_fg=1.0 - gamma)
 
 
-def symmetric_unified_focal_loss(y, log_bg, log_fg, *, weight, delta, gamma, smooth, batch_dice):
+def symmetric_unified_focal_terms(y, log_bg, log_fg, *, weight, delta, gamma, smooth, batch_dice):
     r"""Symmetric Unified Focal loss: L_sUF = λ L_msF + (1 − λ) L_msFT.
 
     One δ and one γ for both parts (γ suppresses in the focal part, 1 − γ
@@ -256,38 +291,47 @@ def symmetric_unified_focal_loss(y, log_bg, log_fg, *, weight, delta, gamma, smo
     γ = 0.5.  (λ weighs the focal part, as in the paper and MONAI; the
     reference Keras code assigns it to the Tversky part — same at 0.5.)
     """
-    fl = symmetric_focal_loss(y, log_bg, log_fg, delta=delta, gamma=gamma)
-    ftl = symmetric_focal_tversky_loss(y, log_bg, log_fg, delta=delta, gamma=gamma,
+    fl = symmetric_focal_terms(y, log_bg, log_fg, delta=delta, gamma=gamma)
+    ftl = symmetric_focal_tversky_terms(y, log_bg, log_fg, delta=delta, gamma=gamma,
                                        smooth=smooth, batch_dice=batch_dice)
-    return weight * fl + (1.0 - weight) * ftl
+    return _joined(_weighted(weight, fl), _weighted(1.0 - weight, ftl))
 
 
-def asymmetric_unified_focal_loss(y, log_bg, log_fg, *, weight, delta, gamma, smooth, batch_dice):
+def asymmetric_unified_focal_terms(y, log_bg, log_fg, *, weight, delta, gamma, smooth, batch_dice):
     r"""Asymmetric Unified Focal loss: L_aUF = λ L_maF + (1 − λ) L_maFT.
 
     Background suppressed in the focal part, lesion enhanced in the focal
     Tversky part.  λ = ``weight`` = 0.5, δ = 0.6, γ = 0.5.
     """
-    fl = asymmetric_focal_loss(y, log_bg, log_fg, delta=delta, gamma=gamma)
-    ftl = asymmetric_focal_tversky_loss(y, log_bg, log_fg, delta=delta, gamma=gamma,
+    fl = asymmetric_focal_terms(y, log_bg, log_fg, delta=delta, gamma=gamma)
+    ftl = asymmetric_focal_tversky_terms(y, log_bg, log_fg, delta=delta, gamma=gamma,
                                         smooth=smooth, batch_dice=batch_dice)
-    return weight * fl + (1.0 - weight) * ftl
+    return _joined(_weighted(weight, fl), _weighted(1.0 - weight, ftl))
 
 
-_FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "dice": dice_loss,
-    "bce": bce_loss,
-    "focal": focal_loss,
-    "tversky": tversky_loss,
-    "focal_tversky": focal_tversky_loss,
-    "combo": combo_loss,
-    "symmetric_focal": symmetric_focal_loss,
-    "asymmetric_focal": asymmetric_focal_loss,
-    "symmetric_focal_tversky": symmetric_focal_tversky_loss,
-    "asymmetric_focal_tversky": asymmetric_focal_tversky_loss,
-    "symmetric_unified_focal": symmetric_unified_focal_loss,
-    "asymmetric_unified_focal": asymmetric_unified_focal_loss,
+_TERMS: dict[str, Callable[..., Terms]] = {
+    "dice": dice_terms,
+    "bce": bce_terms,
+    "focal": focal_terms,
+    "tversky": tversky_terms,
+    "focal_tversky": focal_tversky_terms,
+    "combo": combo_terms,
+    "symmetric_focal": symmetric_focal_terms,
+    "asymmetric_focal": asymmetric_focal_terms,
+    "symmetric_focal_tversky": symmetric_focal_tversky_terms,
+    "asymmetric_focal_tversky": asymmetric_focal_tversky_terms,
+    "symmetric_unified_focal": symmetric_unified_focal_terms,
+    "asymmetric_unified_focal": asymmetric_unified_focal_terms,
 }
+
+def _total(terms: Terms):
+    """The loss: the sum of its terms (in :data:`TERM_NAMES` order)."""
+    names = [name for name in TERM_NAMES if name in terms]
+    total = terms[names[0]]
+    for name in names[1:]:
+        total = total + terms[name]
+    return total
+
 
 # --------------------------------------------------------------------------- validation
 
@@ -329,8 +373,21 @@ class LesionLoss(keras.losses.Loss):
         super().__init__(name=name or loss_name, **kwargs)
 
     def call(self, y_true, y_pred):
+        return _total(self.terms(y_true, y_pred))
+
+    def terms(self, y_true, y_pred) -> Terms:
+        """The loss's per-class terms for (y_true, logits); they sum to the loss.
+
+        Names: ``ce_background`` / ``ce_lesion`` (distribution part: the
+        voxel mean of each class's weighted, focal-modulated cross-entropy)
+        and ``region_background`` / ``region_lesion`` (region part: each
+        class's (1 − Tversky index)**exponent), each already multiplied by
+        the loss's weights (λ, ½ over classes), so that
+        ``sum(terms.values()) == loss``.  Only the terms a loss has are
+        returned (``dice``: ``region_lesion`` alone).
+        """
         y, log_bg, log_fg = _prepare(y_true, y_pred, self.head)
-        return _FUNCTIONS[self.loss_name](y, log_bg, log_fg, **self.params)
+        return _TERMS[self.loss_name](y, log_bg, log_fg, **self.params)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         return super().__call__(y_true, y_pred, sample_weight=None)

@@ -3,7 +3,9 @@
 ``lesionseg study --summarize --out STUDY_DIR`` writes ``STUDY_DIR/table.csv``,
 ``STUDY_DIR/table.md`` (per variant, per loss × head and any other grid key:
 runs, GT/TP/FP/FN, precision, recall, lesion F1 and Dice as mean ± sd over
-seeds and folds, how many runs predicted nothing and how many over-segmented) and ``STUDY_DIR/tp_fp.png``.
+seeds and folds, how many runs predicted nothing and how many over-segmented), ``STUDY_DIR/tp_fp.png``,
+and each loss's per-class terms on the held-out exams (``terms.csv``, ``terms_table.md``;
+:mod:`lesionseg.study.terms`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def load_results(path: Path) -> pd.DataFrame:
     return df
 
 
-def _mean_sd(values: pd.Series) -> str:
+def mean_sd(values: pd.Series) -> str:
     values = values.astype(float)
     if len(values) < 2:
         return f"{values.mean():.3g}"
@@ -81,7 +83,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row["collapse_diagnostic"] = int(diag.str.contains("blank|collapse").sum())
         row["over_segmented_runs"] = int(over_segmented_runs(part).sum())
         for col in SPREAD:
-            row[col] = _mean_sd(part[col])
+            row[col] = mean_sd(part[col])
         for col, name in (("TP", "TP"), ("FP", "FP"), ("lesion_f1", "f1")):
             row[f"{name}_mean"] = float(part[col].mean())
             row[f"{name}_sd"] = float(part[col].std(ddof=1)) if len(part) > 1 else 0.0
@@ -131,5 +133,20 @@ def write_summary(out: Path) -> tuple[Path, Path, Path]:
     png = plot_tp_fp(table, out / "tp_fp.png", variant)
     log.info("study summary: %d row(s) -> %s, %s, %s", len(table), csv_path, md_path, png)
     print(to_markdown(shown))
+    write_terms_table(out)
     return csv_path, md_path, png
+
+
+def write_terms_table(out: Path) -> Path | None:
+    """``terms.csv`` brought up to date and ``terms_table.md`` (:mod:`lesionseg.study.terms`)."""
+    from lesionseg.evaluation.compare import to_markdown
+    from lesionseg.study.terms import TERMS_TABLE, terms_table, update_terms
+
+    terms = update_terms(out)
+    if terms.empty:
+        return None
+    path = Path(out) / TERMS_TABLE
+    path.write_text(to_markdown(terms_table(terms)) + "\n")
+    log.info("loss terms of %d cell(s) -> %s", len(terms), path)
+    return path
 
