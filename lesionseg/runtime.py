@@ -7,11 +7,71 @@ inter-op thread are fastest on a 2-core machine (oneDNN stays on, XLA off).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 _configured = False
+
+#: Lines TensorFlow's native code writes to stderr while it starts on a machine without a GPU (or
+#: with one), before any Python logging: written before absl's log is set up, so
+#: TF_CPP_MIN_LOG_LEVEL does not hold them back.  Harmless, and alarming ("E0000 ... CUDA error").
+BACKEND_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|cudart_stub\.cc|cuda_platform\.cc|failed call to cuInit"
+    r"|cuda_(dnn|fft|blas)\.cc|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc"
+    r"|oneDNN custom operations are on|TF-TRT Warning|This TensorFlow binary is optimized"
+    r"|rebuild TensorFlow with the appropriate compiler flags|cpu_feature_guard\.cc"
+)
+
+
+def backend_noise(line: str) -> bool:
+    """Whether a native stderr line is TensorFlow's start-up chatter (:data:`BACKEND_NOISE`).
+
+    Examples
+    --------
+    >>> backend_noise("E0000 00:00:1 123 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error")
+    True
+    >>> backend_noise("Fatal Python error: Segmentation fault")
+    False
+    """
+    return bool(BACKEND_NOISE.search(line))
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Hold back the backend's native start-up lines; pass every other stderr line through.
+
+    File descriptor 2 is pointed at a temporary file for the block (native code
+    writes there directly, past ``sys.stderr``); on exit, also when the block
+    raises, the lines that are not :func:`backend_noise` are written to the
+    real stderr, in order.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to hold back
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [line for line in sink.read().decode(errors="replace").splitlines(keepends=True)
+                    if not backend_noise(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def configure_backend(threads: int = 2, seed: int | None = None) -> str:
@@ -33,19 +93,14 @@ def configure_backend(threads: int = 2, seed: int | None = None) -> str:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # local: this call is where the backend starts; infer/tune import this module at top and call it
     # only after checking their inputs, so a bad input fails in one line, before TensorFlow starts
-    import keras
+    with quiet_native_stderr():
+        import keras
 
-    backend = keras.backend.backend()
+        backend = keras.backend.backend()
+        if backend == "tensorflow" and not _configured:
+            _start_tensorflow(threads)
     if not _configured and threads > 0:
-        if backend == "tensorflow":
-            import tensorflow as tf  # local: backend chosen at run time; not loaded under jax/torch
-
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
-                tf.config.threading.set_inter_op_parallelism_threads(1)
-            except RuntimeError:  # already initialised: keep what is set
-                log.debug("TensorFlow threads already initialised")
-        elif backend == "torch":
+        if backend == "torch":
             import torch  # local: optional, only on the PyTorch backend
 
             torch.set_num_threads(threads)
@@ -53,6 +108,19 @@ def configure_backend(threads: int = 2, seed: int | None = None) -> str:
     if seed is not None:
         keras.utils.set_random_seed(int(seed))
     return backend
+
+
+def _start_tensorflow(threads: int) -> None:
+    """Thread counts (``threads`` > 0), then the device scan that prints CUDA chatter on a CPU machine."""
+    import tensorflow as tf  # local: backend chosen at run time; not loaded under jax/torch
+
+    if threads > 0:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # already initialised: keep what is set
+            log.debug("TensorFlow threads already initialised")
+    tf.config.list_physical_devices()
 
 
 def cpu_computes_bfloat16(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> bool | None:

@@ -89,6 +89,8 @@ def test_nii_and_niigz_both_found_and_case_listing(tmp_path):
     assert list_cases(tmp_path / "a") == [tmp_path / "a"]  # a case folder is one case
     with pytest.raises(DataError, match="data folder not found"):
         list_cases(tmp_path / "missing")
+    with pytest.raises(DataError, match=r"flair.nii.gz: a file, where a folder of cases is read.*give its folder"):
+        list_cases(tmp_path / "b" / "flair.nii.gz")
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

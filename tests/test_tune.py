@@ -172,10 +172,19 @@ def test_a_decision_on_the_edge_of_its_grid_is_reported(tiny_run, capsys):
     assert ("minimum size 20 mm³ is" in err) == (stored["min_lesion_mm3"] == 20.0)
 
 
-def test_tune_needs_masks(tiny_run):
+def test_tune_needs_masks(tiny_run, monkeypatch, capsys):
+    """A missing mask is one line naming it, before any case is predicted."""
+    from lesionseg.inference import tune
+
     run, data = tiny_run
     (data / "c2" / "lesion_mask.nii.gz").unlink()
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("a model was loaded before the masks were checked")
+
+    monkeypatch.setattr(tune.Predictor, "from_run", no_prediction)
     assert main(["-q", "tune", "--model", str(run), "--data", str(data)]) == 1
+    assert capsys.readouterr().err.strip() == "ERROR c2/lesion_mask.nii.gz: missing mask"
     assert not (run / "tuning.json").exists()
 
 

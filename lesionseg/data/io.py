@@ -120,6 +120,11 @@ def list_cases(data_dir: str | Path) -> list[Path]:
         If the folder does not exist or holds no case.
     """
     data_dir = Path(data_dir)
+    if data_dir.is_file():
+        raise DataError(
+            f"{data_dir}: a file, where a folder of cases is read (DATA/<case>/<channel>.nii.gz); "
+            f"give its folder {data_dir.parent} (one case) or the folder above it"
+        )
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found")
 

@@ -335,6 +335,8 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     case_dirs = io.list_cases(data_dir)
     check_channels(case_dirs, config.data.channels, run_dir)
+    for case_dir in case_dirs:  # tuning scores every case: each needs its mask, known before any prediction
+        io.require_file(case_dir, config.data.mask, "mask")
     ts, ms = _check_grid(config.infer.tune_thresholds, config.infer.tune_min_sizes_mm3)
     atlas = load_atlas(run_dir)
     if atlas is not None and not config.infer.tune_min_atlas:
