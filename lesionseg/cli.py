@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import math
 import os
 import sys
 from dataclasses import replace
@@ -34,6 +35,17 @@ log = logging.getLogger("lesionseg")
 
 EPILOG = "Docs: README.md. Data layout: DATA/<case>/<channel>.nii.gz + lesion_mask.nii.gz."
 
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (``nan`` and ``inf`` are refused in the usage line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
 
 def _add_config_args(p: argparse.ArgumentParser, config_help: str = "stage config file") -> None:
     p.add_argument("--config", "-c", type=Path, help=f"{config_help} (.toml, .yaml or .json)")
@@ -142,8 +154,8 @@ def _add_atlas(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", type=Path, required=True, help="folder of lesion masks (*.nii.gz), all on one grid")
     p.add_argument("--exclude", nargs="*", default=[], metavar="TEXT",
                    help="leave out masks whose file name contains any of these (e.g. the evaluated patients)")
-    p.add_argument("--sigma-mm", type=float, default=2.0, help="Gaussian smoothing in mm (default 2)")
-    p.add_argument("--coverage", type=float, default=0.95,
+    p.add_argument("--sigma-mm", type=finite_float, default=2.0, help="Gaussian smoothing in mm (default 2)")
+    p.add_argument("--coverage", type=finite_float, default=0.95,
                    help="calibrate the cut-off to keep this fraction of the lesions of a patient the atlas has "
                    "not seen (leave one mask out; default 0.95; 1 = no cut-off until one is set or tuned)")
 
@@ -207,9 +219,9 @@ def _add_thick_slices(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", type=Path, required=True, help="data folder")
     p.add_argument("--out", type=Path, required=True, help="output data folder")
-    p.add_argument("--slice-mm", type=float, default=7.0, help="slice thickness (default 7)")
-    p.add_argument("--gap-mm", type=float, default=0.0, help="gap between slices (default 0)")
-    p.add_argument("--in-plane-mm", type=float, default=0.9, help="in-plane voxel size (default 0.9)")
+    p.add_argument("--slice-mm", type=finite_float, default=7.0, help="slice thickness (default 7)")
+    p.add_argument("--gap-mm", type=finite_float, default=0.0, help="gap between slices (default 0)")
+    p.add_argument("--in-plane-mm", type=finite_float, default=0.9, help="in-plane voxel size (default 0.9)")
     p.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="voxel axis across slices (default 2)")
     _add_config_args(p)
 

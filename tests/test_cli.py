@@ -35,3 +35,29 @@ def test_console_script_runs_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().endswith("data folder not found")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "seven"])
+def test_numeric_options_refuse_what_is_not_a_finite_number(value, tmp_path, capsys):
+    """Every float option: nan/inf/words stop in the usage line (exit 2), never deep in a stage."""
+    float_options = [("thick-slices", "--in-plane-mm"), ("thick-slices", "--slice-mm"), ("atlas", "--sigma-mm"),
+                     ("atlas", "--coverage")]
+    for command, option in float_options:
+        required = {"thick-slices": ["--data", str(tmp_path), "--out", str(tmp_path / "o")],
+                    "atlas": ["--model", str(tmp_path), "--masks", str(tmp_path)]}[command]
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([command, *required, option, value])
+        assert exc.value.code == 2
+        assert f"argument {option}" in capsys.readouterr().err
+
+
+def test_thick_slice_grid_refuses_non_finite_sizes():
+    import numpy as np
+
+    from lesionseg.data.io import Grid
+    from lesionseg.data.simulate import thick_slice_grid
+    from lesionseg.errors import LesionsegError
+
+    grid = Grid(shape=(10, 10, 10), affine=np.eye(4), zooms=(1.0, 1.0, 1.0))
+    with pytest.raises(LesionsegError, match="need slice_mm > 0"):
+        thick_slice_grid(grid, slice_mm=7.0, in_plane_mm=float("nan"))

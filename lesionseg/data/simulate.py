@@ -19,6 +19,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -52,7 +53,8 @@ def thick_slice_grid(grid: Grid, slice_mm: float, in_plane_mm: float, gap_mm: fl
     -------
     Grid
     """
-    if slice_mm <= 0 or in_plane_mm <= 0 or gap_mm < 0 or axis not in (0, 1, 2):
+    if not (slice_mm > 0 and in_plane_mm > 0 and gap_mm >= 0 and math.isfinite(slice_mm + in_plane_mm + gap_mm)) \
+            or axis not in (0, 1, 2):
         raise LesionsegError(
             f"thick slices: need slice_mm > 0, in_plane_mm > 0, gap_mm >= 0 and axis 0-2, "
             f"got {slice_mm}, {in_plane_mm}, {gap_mm}, {axis}"
