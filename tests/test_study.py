@@ -110,6 +110,7 @@ def test_interrupted_study_finishes_without_redoing_cells(samples_dir, tmp_path)
     parts = terms[["ce_background", "ce_lesion", "region_background", "region_lesion"]].fillna(0.0).sum(axis=1)
     assert parts.to_numpy() == pytest.approx(terms.total.to_numpy(), rel=1e-5)
     assert (terms.soft_fp_ml >= 0).all() and (out / "terms_table.md").is_file()
+    assert "## 1. Does softmax give more false lesions" in (out / "verdicts.md").read_text()
     terms_stamp = (out / "terms.csv").stat().st_mtime_ns
 
     # a third start finds nothing to do
@@ -191,3 +192,46 @@ def test_a_study_file_inside_its_own_output_folder(samples_dir, tmp_path):
     study = write_study(out / "study.toml", '"loss.name" = ["dice"]')
     assert main(["study", "--config", str(study), "--data", str(samples_dir), "--out", str(out), "--limit", "0"]) == 0
     assert study.read_text().startswith("[study]")
+
+
+def synthetic_results() -> pd.DataFrame:
+    """Two losses x two heads x three folds x three variants, with known effects."""
+    rows = []
+    for loss, fp_gap in (("focal", 50), ("dice", None)):
+        for k, fold in enumerate(("L07", "L19", "M18")):
+            for head in ("sigmoid", "softmax"):
+                fp = 100 + 10 * k
+                if head == "softmax":
+                    fp += fp_gap if fp_gap is not None else (-30, 25, 5)[k]
+                tp = 20 if loss == "focal" else 10 + k
+                blank = loss == "dice" and head == "softmax" and fold == "M18"
+                for variant, dfp in (("default", 0), ("no_overlap", 7), ("tuned", -60)):
+                    f_tp, f_fp = (0, 0) if blank else (tp, max(fp + dfp, 0))
+                    f1 = 2 * f_tp / (2 * f_tp + f_fp + 30 - f_tp) if f_tp else 0.0
+                    rows.append({"cell": f"{loss}-{head}-{fold}", "variant": variant, "loss": loss, "head": head,
+                                 "seed": 0, "fold": fold, "GT": 30, "TP": f_tp, "FP": f_fp, "FN": 30 - f_tp,
+                                 "lesion_f1": f1, "diagnostics": "collapse" if blank else ""})
+    return pd.DataFrame(rows)
+
+
+def test_verdicts_pair_runs_and_say_when_the_spread_decides(tmp_path):
+    from lesionseg.study.verdicts import paired_difference, write_verdicts
+
+    results = synthetic_results()
+    default = results[results.variant == "default"]
+    heads = paired_difference(default, "FP", "head", "softmax", "sigmoid").set_index("loss")
+    assert heads.loc["focal", "mean"] == 50 and heads.loc["focal", "pairs"] == 3 and heads.loc["focal", "clear"]
+    assert not heads.loc["dice", "clear"]  # -30, +25, blank: signs disagree
+    overlap = paired_difference(results, "FP", "variant", "default", "no_overlap", within=("loss", "head"))
+    assert (overlap[overlap.loss == "focal"]["mean"] == -7).all()
+
+    terms = pd.DataFrame([{"cell": "x", "loss": "focal", "head": h, "seed": 0, "fold": f,
+                           "ce_background": 0.1 + (0.05 if h == "softmax" else 0) + 0.01 * i}
+                          for i, f in enumerate(("L07", "L19", "M18")) for h in ("sigmoid", "softmax")])
+    text = write_verdicts(tmp_path, results, terms).read_text()
+    assert "`focal`: FP softmax − sigmoid = +50 ± 0 over 3 pair(s); softmax higher in 3: **softmax higher, consistently**" in text
+    assert "ce_background +0.05 (clear)" in text
+    assert "`dice`: FP softmax − sigmoid" in text and "within the spread (no verdict)" in text
+    assert "`dice` × softmax: 1 of 3 run(s) predicted nothing; the collapse diagnostic fired in 1 (missed 0" in text
+    assert "FP default − no_overlap = -7 ± 0 over 3 pair(s); default higher in 0: **default lower, consistently**" in text
+    assert "best mean lesion F1 (tuned): `focal × " in text

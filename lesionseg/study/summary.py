@@ -4,8 +4,9 @@
 ``STUDY_DIR/table.md`` (per variant, per loss × head and any other grid key:
 runs, GT/TP/FP/FN, precision, recall, lesion F1 and Dice as mean ± sd over
 seeds and folds, how many runs predicted nothing and how many over-segmented), ``STUDY_DIR/tp_fp.png``,
-and each loss's per-class terms on the held-out exams (``terms.csv``, ``terms_table.md``;
-:mod:`lesionseg.study.terms`).
+each loss's per-class terms on the held-out exams (``terms.csv``, ``terms_table.md``;
+:mod:`lesionseg.study.terms`) and the study's claims answered by paired differences
+(``verdicts.md``; :mod:`lesionseg.study.verdicts`).
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def write_summary(out: Path) -> tuple[Path, Path, Path]:
     from lesionseg.evaluation.compare import to_markdown
 
     out = Path(out)
-    table = summarize(load_results(out / "results.csv"))
+    results = load_results(out / "results.csv")
+    table = summarize(results)
     shown = table[[c for c in table.columns if not c.endswith(("_mean", "_sd"))]]
     csv_path, md_path = out / "table.csv", out / "table.md"
     table.to_csv(csv_path, index=False)
@@ -133,20 +135,24 @@ def write_summary(out: Path) -> tuple[Path, Path, Path]:
     png = plot_tp_fp(table, out / "tp_fp.png", variant)
     log.info("study summary: %d row(s) -> %s, %s, %s", len(table), csv_path, md_path, png)
     print(to_markdown(shown))
-    write_terms_table(out)
+    from lesionseg.study.verdicts import write_verdicts
+
+    terms = write_terms_table(out)
+    verdicts = write_verdicts(out, results, terms)
+    log.info("the study's claims, answered from its rows: %s", verdicts)
     return csv_path, md_path, png
 
 
-def write_terms_table(out: Path) -> Path | None:
-    """``terms.csv`` brought up to date and ``terms_table.md`` (:mod:`lesionseg.study.terms`)."""
+def write_terms_table(out: Path) -> pd.DataFrame | None:
+    """``terms.csv`` brought up to date and ``terms_table.md`` (:mod:`lesionseg.study.terms`); the terms."""
     from lesionseg.evaluation.compare import to_markdown
     from lesionseg.study.terms import TERMS_TABLE, terms_table, update_terms
 
     terms = update_terms(out)
-    if terms.empty:
+    if terms is None or terms.empty:
         return None
     path = Path(out) / TERMS_TABLE
     path.write_text(to_markdown(terms_table(terms)) + "\n")
     log.info("loss terms of %d cell(s) -> %s", len(terms), path)
-    return path
+    return terms
 
