@@ -4,8 +4,12 @@
 files (atomically, last, so a record means the case is complete)::
 
     {"case": "sample01", "model": "runs/samples", "model_sha256": "…", "config_sha256": "…",
-     "threshold": 0.5, "min_lesion_mm3": 0.0, "min_atlas": 0.0, "lesionseg": "0.1.0", "written": "2026-…Z",
-     "seconds": 3.2}
+     "probability_sha256": "…", "threshold": 0.5, "min_lesion_mm3": 0.0, "min_atlas": 0.0,
+     "lesionseg": "0.1.0", "written": "2026-…Z", "seconds": 3.2}
+
+``probability_sha256`` hashes the settings the probability map depends on (the config without the
+decision: :data:`DECISION_KEYS`); with the same model, a new decision (a new ``tune``, another
+``--set infer.threshold``) is applied to the stored ``_prob`` map instead of predicting again.
 
 ``lesionseg evaluate`` reads them and refuses a folder whose predictions come from more than
 one (model, config) pair unless told otherwise (``--allow-mixed``).
@@ -42,14 +46,33 @@ def file_sha256(path: Path) -> str:
 EXECUTION_KEYS = {"infer": ("workers",), "train": ("threads",)}
 
 
-def config_sha256(config: Config) -> str:
-    """SHA-256 of the resolved configuration (canonical JSON) without :data:`EXECUTION_KEYS`: same settings, same hash."""
+#: Settings that decide a lesion mask from the probability map, and the evaluation's: they do not
+#: change the probability map, so a stored one is reused when only they changed.
+DECISION_KEYS = {"infer": ("threshold", "min_lesion_mm3", "min_atlas", "connectivity", "tune_thresholds",
+                           "tune_min_sizes_mm3", "tune_min_atlas"), "evaluate": None}
+
+
+def _hash_without(config: Config, *leave_out: dict[str, tuple[str, ...] | None]) -> str:
     raw = config_to_dict(config)
-    for section, keys in EXECUTION_KEYS.items():
-        for key in keys:
-            raw.get(section, {}).pop(key, None)
+    for keys_of in leave_out:
+        for section, keys in keys_of.items():
+            if keys is None:
+                raw.pop(section, None)
+                continue
+            for key in keys:
+                raw.get(section, {}).pop(key, None)
     text = json.dumps(raw, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def config_sha256(config: Config) -> str:
+    """SHA-256 of the resolved configuration (canonical JSON) without :data:`EXECUTION_KEYS`: same settings, same hash."""
+    return _hash_without(config, EXECUTION_KEYS)
+
+
+def probability_sha256(config: Config) -> str:
+    """SHA-256 of what a probability map depends on: the configuration without execution and decision keys."""
+    return _hash_without(config, EXECUTION_KEYS, DECISION_KEYS)
 
 
 @dataclass(frozen=True)
@@ -69,8 +92,11 @@ class Source:
 
 
 def write_record(out_dir: Path, case_id: str, source: Source, threshold: float, min_mm3: float,
-                 seconds: float, cohort: dict[str, object] | None = None, min_atlas: float = 0.0) -> Path:
+                 seconds: float, cohort: dict[str, object] | None = None, min_atlas: float = 0.0,
+                 probability: str | None = None) -> Path:
     """Write ``<case>_record.json`` atomically; call it after the case's two images are written.
+
+    ``probability`` is :func:`probability_sha256` of the config that made the ``_prob`` map.
 
     ``cohort`` is the case's ``cohort.csv`` row, kept in the record so that a run killed between the
     record and the row can restore the row (:func:`read_cohort_row`).
@@ -80,6 +106,7 @@ def write_record(out_dir: Path, case_id: str, source: Source, threshold: float, 
         "model": source.model,
         "model_sha256": source.model_sha256,
         "config_sha256": source.config_sha256,
+        "probability_sha256": probability,
         "threshold": threshold,
         "min_lesion_mm3": min_mm3,
         "min_atlas": min_atlas,
@@ -105,6 +132,24 @@ def read_source(pred_dir: Path, case_id: str) -> Source | None:
         return Source(str(raw["model"]), str(raw["model_sha256"]), str(raw["config_sha256"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise LesionsegError(f"{path}: not a valid prediction record ({exc})") from None
+
+
+def reusable_probability(pred_dir: Path, case_id: str, source: Source, probability: str) -> Path | None:
+    """A case's stored ``_prob`` map when it was made by the same model file and probability settings.
+
+    ``None`` without the map, a readable record, or a recorded ``probability_sha256`` (records
+    written before it existed): the case is then predicted again.
+    """
+    prob = Path(pred_dir) / f"{case_id}_prob.nii.gz"
+    path = Path(pred_dir) / f"{case_id}{RECORD_SUFFIX}"
+    if not (prob.is_file() and path.is_file()):
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        same = raw["model_sha256"] == source.model_sha256 and raw.get("probability_sha256") == probability
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return prob if same else None
 
 
 def read_cohort_row(pred_dir: Path, case_id: str) -> dict[str, object] | None:

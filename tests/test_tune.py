@@ -9,6 +9,7 @@ from pathlib import Path
 import cc3d
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import linear_flair_t1_run, make_case
 
@@ -220,3 +221,42 @@ def test_infer_predicts_again_after_the_model_is_tuned_again(tiny_run, tmp_path)
     np.testing.assert_array_equal(pred, (prob > 0.9).astype(np.uint8))
     assert pred.sum() < before
     assert json.loads((pred_dir / "c2_record.json").read_text())["threshold"] == 0.9
+
+
+def test_a_new_decision_reuses_the_stored_probability_maps(tiny_run, tmp_path, monkeypatch):
+    """Same model, same probability settings, new threshold / size: decided again without the network."""
+    from lesionseg.inference import infer
+
+    run, data = tiny_run
+    pred_dir = tmp_path / "pred"
+    assert main(["-q", "infer", "--model", str(run), "--input", str(data), "--out", str(pred_dir),
+                 "--set", "infer.threshold=0.3"]) == 0
+    prob_before = (pred_dir / "c2_prob.nii.gz").read_bytes()
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network ran although only the decision changed")
+
+    with monkeypatch.context() as m:
+        m.setattr(infer.Predictor, "from_run", no_network)
+        assert main(["-q", "infer", "--model", str(run), "--input", str(data), "--out", str(pred_dir),
+                     "--set", "infer.threshold=0.6", "--set", "infer.min_lesion_mm3=2"]) == 0
+    prob = np.asarray(nib.load(str(pred_dir / "c2_prob.nii.gz")).dataobj)
+    pred = np.asarray(nib.load(str(pred_dir / "c2_pred.nii.gz")).dataobj)
+    labels = cc3d.connected_components((prob > 0.6).astype(np.uint8), connectivity=26)
+    sizes = np.bincount(labels.ravel())
+    expected = ((labels > 0) & (sizes[labels] >= 2)).astype(np.uint8)
+    np.testing.assert_array_equal(pred, expected)
+    assert (pred_dir / "c2_prob.nii.gz").read_bytes() == prob_before  # the map itself untouched
+    record = json.loads((pred_dir / "c2_record.json").read_text())
+    assert (record["threshold"], record["min_lesion_mm3"]) == (0.6, 2.0)
+    cohort = pd.read_csv(pred_dir / "cohort.csv")
+    assert sorted(cohort.case) == sorted(p.name for p in data.iterdir() if p.is_dir())
+    assert cohort.set_index("case").loc["c2", "lesions"] == int((np.unique(labels[expected > 0]) > 0).sum())
+
+    # another overlap makes another probability map: the network runs again
+    calls = []
+    real = infer.Predictor.from_run
+    monkeypatch.setattr(infer.Predictor, "from_run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(["-q", "infer", "--model", str(run), "--input", str(data), "--out", str(pred_dir),
+                 "--set", "infer.threshold=0.6", "--set", "infer.overlap=0"]) == 0
+    assert calls
