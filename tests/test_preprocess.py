@@ -249,3 +249,40 @@ def test_new_intensity_augmentations_are_off_by_default_and_validated():
         AugmentConfig(gamma_range=(0.0, 1.5))
     with pytest.raises(LesionsegError, match="augment.thick_slice_in_plane_mm"):
         AugmentConfig(thick_slice_in_plane_mm=(1.2, 0.5))
+
+
+def test_a_head_on_a_zero_background_is_stripped_not_taken_for_a_brain():
+    """Exact zeros around a head (scanner masking, a conversion) used to pass it as already stripped."""
+    from lesionseg.data.preprocess import dark_band_share, looks_skull_stripped
+
+    brain_only = generate_case("h", 3, (64, 64, 64), 5)
+    head = with_head(brain_only, seed=3)
+    from scipy import ndimage
+
+    air = ndimage.distance_transform_edt(~np.pad(brain_only.flair > 0, 14)) > 10  # beyond the scalp
+    flair = np.pad(np.where(air, 0.0, head.flair), 20)  # the air set to exact 0, a wide field of view
+    assert np.mean(flair == 0) > 0.5
+    truth = np.pad(brain_only.flair > 0, 34)
+    assert not looks_skull_stripped(flair, (1.0, 1.0, 1.0)) and dark_band_share(flair, (1.0, 1.0, 1.0)) > 0.27
+    mask = brain_mask(flair, (1.0, 1.0, 1.0))
+    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.95, dice
+    assert not (mask & (flair > 800) & ~truth).any()  # no scalp left
+
+    # the same brain without its head is recognised as stripped, also as 7 mm slices
+    stripped = brain_only.flair
+    assert looks_skull_stripped(stripped, (1.0, 1.0, 1.0))
+    thick = stripped[:, :, ::7]
+    assert looks_skull_stripped(thick, (1.0, 1.0, 7.0))
+    np.testing.assert_array_equal(brain_mask(stripped, (1.0, 1.0, 1.0)), stripped > 0)
+
+
+def test_prepare_reads_stripped_or_not_on_the_exam_grid(samples_dir):
+    """7 mm slices blur a stripped brain's edge on the 1 mm working grid; the decision is made before."""
+    flair = np.asarray(nib.load(samples_dir / "sample01" / "flair.nii.gz").dataobj, np.float32)
+    thick = flair[:, :, ::7]
+    grid = Grid(thick.shape, np.diag([1.0, 1.0, 7.0, 1.0]), (1.0, 1.0, 7.0))
+    cfg = PreprocessConfig(spacing=(1.0, 1.0, 1.0), brain_extraction=True)
+    prepared = prepare(thick[..., None], None, grid, cfg)
+    upsampled = resample(thick, grid, working_grid(grid, cfg), order=1)
+    np.testing.assert_array_equal(prepared.image[..., 0] != 0, upsampled > 0)  # kept whole: already stripped

@@ -30,6 +30,7 @@ from lesionseg.data.io import (
     read_mask,
 )
 from lesionseg.data.labels import label_components
+from lesionseg.data.preprocess import ALREADY_STRIPPED_ZERO_SHARE, looks_skull_stripped
 from lesionseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,6 @@ def _check_grids(
 
 #: Largest / smallest voxel side above which a scan counts as anisotropic (thick slices).
 ANISOTROPY = 1.5
-#: A skull-stripped scan is mostly exact zeros outside the brain; a raw head scan almost never is.
-STRIPPED_ZERO_SHARE = 0.2
 #: Smallest field of view (mm, every axis) of a scan that holds a whole head (smaller: a crop).
 HEAD_FOV_MM = 80.0
 
@@ -179,16 +178,14 @@ def _check_processing(grids: list[tuple[Grid, Path]], preprocess: PreprocessConf
         data = np.asarray(nib.load(str(path)).dataobj)
     except Exception:  # unreadable files are reported by the grid checks
         return
-    zero_share = float(np.mean(data == 0))
-    if zero_share < STRIPPED_ZERO_SHARE:
+    if not looks_skull_stripped(data, tuple(zooms)):  # the test infer's brain extraction makes
+        zero_share = float(np.mean(data == 0))
+        why = (f"only {100 * zero_share:.0f} % of the voxels are 0" if zero_share < ALREADY_STRIPPED_ZERO_SHARE
+               else "a dark skull-like band lies under the edge of its non-zero region")
         action = ("infer extracts the brain first ([preprocess] brain_extraction)" if preprocess.brain_extraction
                   else "this config expects a skull-stripped brain: set preprocess.brain_extraction = true or use "
                   "a model that does (models/ms_flair)")
-        problems.append(Problem(
-            "WARNING",
-            f"{display_path(path)}: looks not skull-stripped (only {100 * zero_share:.0f} % of the voxels are 0); "
-            f"{action}",
-        ))
+        problems.append(Problem("WARNING", f"{display_path(path)}: looks not skull-stripped ({why}); {action}"))
 
 
 def check_case(
