@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 
 PAIR_KEYS = ("seed", "fold")
+MIN_PAIRS = 3
+"""Fewest pairs for a verdict: with two, one exam's luck decides."""
 VERDICTS_FILE = "verdicts.md"
 
 
@@ -55,8 +57,8 @@ def paired_difference(df: pd.DataFrame, column: str, by: str, a: str, b: str,
     -------
     pandas.DataFrame
         One row per ``within`` group: ``pairs``, ``mean``, ``sd`` (over pairs), ``a_higher`` and
-        ``b_higher`` (pairs where a's value is above / below b's), ``clear`` (every pair agrees in sign
-        and |mean| exceeds the sd: a difference the spread does not hide).
+        ``b_higher`` (pairs where a's value is above / below b's), ``clear`` (at least :data:`MIN_PAIRS`
+        pairs, every one agreeing in sign, and |mean| above their sd: a difference the spread does not hide).
     """
     keys = [k for k in (*within, *PAIR_KEYS) if k in df.columns]
     left = df[df[by] == a].set_index(keys)[column]
@@ -70,7 +72,7 @@ def paired_difference(df: pd.DataFrame, column: str, by: str, a: str, b: str,
         sd = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
         higher, lower = int((d > 0).sum()), int((d < 0).sum())
         mean = float(d.mean())
-        clear = len(d) >= 2 and (higher == len(d) or lower == len(d)) and abs(mean) > sd
+        clear = len(d) >= MIN_PAIRS and (higher == len(d) or lower == len(d)) and abs(mean) > sd
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(within, key)), "pairs": len(d), "mean": mean, "sd": sd,
                      f"{a}_higher": higher, f"{b}_higher": lower, "clear": bool(clear)})
@@ -84,8 +86,8 @@ def _say(row: pd.Series, what: str, a: str, b: str) -> str:
         return "no pair yet"
     sd = "" if np.isnan(row.sd) else f" ± {row.sd:.3g}"
     head = f"{what} {a} − {b} = {row['mean']:+.3g}{sd} over {n} pair(s); {a} higher in {int(row[f'{a}_higher'])}"
-    if n < 2:
-        return head + ": one pair, no verdict"
+    if n < MIN_PAIRS:
+        return head + f": {n} pair(s), too few for a verdict"
     if row.clear:
         return head + f": **{a} {'higher' if row['mean'] > 0 else 'lower'}, consistently**"
     return head + ": within the spread (no verdict)"
@@ -149,16 +151,21 @@ def ranking(results: pd.DataFrame, variant: str = "tuned") -> list[str]:
     best = str(means.index[0])
     lines = [f"- best mean lesion F1 ({variant}): `{best}` {means['mean'].iloc[0]:.3f} over "
              f"{int(means['count'].iloc[0])} run(s)"]
-    close = []
+    close, below, few = [], [], []
     for arm in means.index[1:]:
         d = paired_difference(runs[runs.arm.isin([best, arm])], "lesion_f1", "arm", best, arm, within=())
-        if len(d) and d.pairs.iloc[0] >= 2 and not d.clear.iloc[0]:
+        if not len(d) or d.pairs.iloc[0] < MIN_PAIRS:
+            few.append(f"`{arm}`")
+        elif d.clear.iloc[0]:
+            below.append(f"`{arm}`")
+        else:
             close.append(f"`{arm}`")
     if close:
         lines.append("- not told apart from it by paired runs (differences within their spread): " + ", ".join(close))
-    else:
-        lines.append("- every other arm with ≥ 2 paired runs is clearly below it" if len(means) > 1
-                     else "- one arm only")
+    if below:
+        lines.append("- clearly below it: " + ", ".join(below))
+    if few:
+        lines.append(f"- fewer than {MIN_PAIRS} runs paired with it (no verdict yet): " + ", ".join(few))
     return lines
 
 
@@ -176,8 +183,8 @@ def write_verdicts(out: Path, results: pd.DataFrame, terms: pd.DataFrame | None)
     ]
     n_runs = int((results.variant == results.variant.iloc[0]).sum())
     text = [f"# Loss study verdicts ({n_runs} run(s); computed by `lesionseg study --summarize`)", "",
-            "Paired differences: two runs sharing everything but what is compared; 'consistently' = every "
-            "pair agrees in sign and the mean difference exceeds the pairs' sd.", ""]
+            f"Paired differences: two runs sharing everything but what is compared; 'consistently' = at least "
+            f"{MIN_PAIRS} pairs, every one agreeing in sign, and the mean difference above the pairs' sd.", ""]
     for title, lines in sections:
         text += [f"## {title}", "", *lines, ""]
     path = Path(out) / VERDICTS_FILE
