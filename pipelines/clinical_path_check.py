@@ -1,0 +1,89 @@
+"""The FLAIR-only fold models on thick exams that go through the clinical path (skull, brain extraction).
+
+The shared exams are skull-stripped: their thick-slice versions keep exact zeros around the brain
+and infer takes them as stripped already.  A clinical exam has a skull.  This check wraps each
+shared FLAIR in a synthetic head (CSF 3 mm, skull 5 mm, bright scalp 3 mm, skin 2 mm, noise, on a
+zero background), makes 7 mm thick slices of it, and predicts each held-out patient with its
+leave-one-patient-out fold model and that model's own tuned decision — the figures of README
+*`models/ms_flair`: leave-one-patient-out on thick-slice exams* ("not what the clinical path sees")::
+
+    python pipelines/clinical_path_check.py --folds runs/lopo_thick/ms_flair_3840 --out runs/clinical_path
+
+(about 15 minutes on one core: six predictions through N4 and brain extraction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ms_lesions"
+FOLDS = {"L07": ["lesjak_patient07"], "L19": ["lesjak_patient19"],
+         "M14": ["mslesseg_P14_T1", "mslesseg_P14_T2", "mslesseg_P14_T3"], "M18": ["mslesseg_P18_T1"]}
+#: (outer distance from the brain in mm, intensity as a multiple of the brain's median FLAIR)
+LAYERS = ((3, 0.25), (8, 0.08), (11, 1.4), (13, 0.7))  # CSF, skull, scalp fat, skin
+PAD = 16
+
+
+def wrap_in_head(case_dir: Path, out_dir: Path, seed: int = 0) -> Path:
+    """``out_dir/<case>/flair.nii.gz`` and ``lesion_mask.nii.gz``: the exam inside a synthetic head."""
+    flair = nib.load(case_dir / "flair.nii.gz")
+    x = np.asarray(flair.dataobj, np.float32)
+    brain = np.pad(x > 0, PAD)
+    median = float(np.median(x[x > 0]))
+    head = np.pad(x, PAD)
+    dist = ndimage.distance_transform_edt(~brain)
+    inner = 0.0
+    for outer, level in LAYERS:
+        head[(dist > inner) & (dist <= outer)] = level * median
+        inner = outer
+    rng = np.random.default_rng(seed)
+    head += rng.normal(0.0, 0.03 * median, head.shape).astype(np.float32) * (dist <= inner)
+    affine = flair.affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.full(3, float(PAD))
+    target = out_dir / case_dir.name
+    target.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.clip(head, 0, None).astype(np.float32), affine), target / "flair.nii.gz")
+    mask = np.pad(np.asarray(nib.load(case_dir / "lesion_mask.nii.gz").dataobj), PAD).astype(np.uint8)
+    nib.save(nib.Nifti1Image(mask, affine), target / "lesion_mask.nii.gz")
+    return target
+
+
+def run(*args: str) -> None:
+    print("+ lesionseg", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "lesionseg", *args], check=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--folds", type=Path, default=Path("runs/lopo_thick/ms_flair_3840"),
+                   help="leave-one-patient-out folder with one run per fold (L07, L19, M14, M18)")
+    p.add_argument("--data", type=Path, default=SHARED)
+    p.add_argument("--out", type=Path, default=Path("runs/clinical_path"))
+    p.add_argument("--slice-mm", default="7")
+    args = p.parse_args()
+    heads, thick, pred = args.out / "heads", args.out / "heads_thick", args.out / "pred"
+    for cases in FOLDS.values():
+        for case in cases:
+            wrap_in_head(args.data / case, heads)
+    config = args.folds / "L07" / "config.yaml"
+    run("thick-slices", "--config", str(config), "--data", str(heads), "--out", str(thick), "--slice-mm", args.slice_mm)
+    for fold, cases in FOLDS.items():
+        held_out = args.out / "folds" / fold
+        held_out.mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            link = held_out / case
+            if not link.exists():
+                link.symlink_to((thick / case).resolve(), target_is_directory=True)
+        run("infer", "--model", str(args.folds / fold), "--input", str(held_out), "--out", str(pred))
+    run("evaluate", "--pred", str(pred), "--truth", str(thick), "--out", str(args.out / "report"), "--allow-mixed")
+
+
+if __name__ == "__main__":
+    main()
