@@ -170,3 +170,25 @@ def test_tissue_normalisation_ignores_a_partial_volume_rim():
     flat = np.full((6, 6, 6), 3.0, np.float32)
     assert tissue_mask(flat, flat != 0).all()  # one intensity: the whole foreground
     assert (normalize_channel(blurred, "tissue")[blurred == 0] == 0).all()
+
+
+def test_tissue_ratio_commutes_with_thick_slice_blur_and_tissue_does_not():
+    """Normalising a blurred exam = blurring the normalised exam, as the thick-slice augmentation assumes."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    z = np.arange(48)
+    grey = (np.sin(z / 2.0)[:, None, None] > 0) & np.ones((48, 48, 48), bool)  # 1 mm grey / white bands
+    brain = np.where(grey, 80.0, 100.0).astype(np.float32) + rng.normal(0, 2.0, (48, 48, 48)).astype(np.float32)
+    brain[:, :, :14] = 20.0 + rng.normal(0, 2.0, (48, 48, 14)).astype(np.float32)  # CSF: what Otsu leaves out
+    brain[20:24, 20:24, 24:28] = 160.0  # a lesion
+
+    def blur(x):  # 7 mm slices along the first axis
+        return ndimage.uniform_filter1d(x, 7, axis=0, mode="nearest")
+
+    inner = (slice(8, 40), slice(8, 40), slice(18, 40))  # tissue away from the CSF border
+    for method, agree in (("tissue_ratio", True), ("tissue", False)):
+        a = normalize_channel(blur(brain), method, (0.0, 100.0))[inner]
+        b = blur(normalize_channel(brain, method, (0.0, 100.0)))[inner]
+        scale = float(np.percentile(a, 99) / np.percentile(b, 99))
+        assert (abs(scale - 1.0) < 0.1) == agree, (method, scale)

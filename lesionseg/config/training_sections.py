@@ -51,7 +51,7 @@ class DataConfig:
     mask_values : {"binary", "positive"}
         ``binary``: a mask whose values are not all in {0, 1} is an error.
         ``positive``: any value > 0 is lesion (opt-in, for label maps).
-    normalization : {"zscore", "robust", "tissue", "minmax", "none"}
+    normalization : {"zscore", "robust", "tissue", "tissue_ratio", "minmax", "none"}
         Per-channel intensity normalisation, computed inside the non-zero
         (brain) region of each channel (``robust``: median and interquartile
         range, stable across lesion loads; ``tissue``: the same over the

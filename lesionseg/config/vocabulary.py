@@ -16,7 +16,7 @@ from lesionseg.errors import LesionsegError
 
 # The vocabulary of the configuration: every choice a key accepts, in one place.
 MASK_VALUES = ("binary", "positive")
-NORMALIZATIONS = ("zscore", "robust", "tissue", "minmax", "none")
+NORMALIZATIONS = ("zscore", "robust", "tissue", "tissue_ratio", "minmax", "none")
 CONNECTIVITIES = (6, 18, 26)
 HEADS = ("sigmoid", "softmax")
 MODEL_KINDS = ("unet", "threshold")
