@@ -4,7 +4,8 @@ The shared exams are skull-stripped: their thick-slice versions keep exact zeros
 and infer takes them as stripped already.  A clinical exam has a skull.  This check wraps each
 shared FLAIR in a synthetic head (CSF 3 mm, skull 5 mm, bright scalp 3 mm, skin 2 mm, noise, on a
 zero background), makes 7 mm thick slices of it, and predicts each held-out patient with its
-leave-one-patient-out fold model and that model's own tuned decision — the figures of README
+leave-one-patient-out fold model, at that model's own tuned decision (``report``) and at 0.5
+without a size filter (``report_untuned``) — the figures of README
 *`models/ms_flair`: leave-one-patient-out on thick-slice exams* ("not what the clinical path sees")::
 
     python pipelines/clinical_path_check.py --folds runs/lopo_thick/ms_flair_3840 --out runs/clinical_path
@@ -22,6 +23,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ms_experiments import untuned_predictions  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ms_lesions"
 FOLDS = {"L07": ["lesjak_patient07"], "L19": ["lesjak_patient19"],
@@ -83,6 +87,10 @@ def main() -> None:
                 link.symlink_to((thick / case).resolve(), target_is_directory=True)
         run("infer", "--model", str(args.folds / fold), "--input", str(held_out), "--out", str(pred))
     run("evaluate", "--pred", str(pred), "--truth", str(thick), "--out", str(args.out / "report"), "--allow-mixed")
+    untuned = args.out / "pred_untuned"  # the same probability maps at 0.5, no size filter
+    untuned_predictions(pred, untuned)
+    run("evaluate", "--pred", str(untuned), "--truth", str(thick), "--out", str(args.out / "report_untuned"),
+        "--allow-mixed")
 
 
 if __name__ == "__main__":

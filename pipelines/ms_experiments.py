@@ -336,6 +336,21 @@ def lopo_size_rows(recipe_dir: Path) -> "list":
     return rows
 
 
+def keep_other_recipes(existing: Path, table: "pd.DataFrame") -> "pd.DataFrame":
+    """``table`` after the rows of ``existing`` (a committed table) whose recipes it does not recompute.
+
+    Run folders are local and may be gone (another machine, a cleaned ``runs/``); the committed
+    table keeps their figures, and a new recipe's rows join them instead of replacing them.
+    """
+    import pandas as pd
+
+    if not existing.is_file():
+        return table
+    old = pd.read_csv(existing, keep_default_na=False)
+    old = old[~old.recipe.isin(set(table.recipe))]
+    return pd.concat([old, table], ignore_index=True)
+
+
 def cmd_lopo_table(args: argparse.Namespace) -> None:
     """One table of every recipe's leave-one-patient-out figures: per exam and pooled (Markdown + CSV)."""
     import pandas as pd
@@ -352,12 +367,16 @@ def cmd_lopo_table(args: argparse.Namespace) -> None:
         table = table[table.decision != "0.5, no size filter"]
     out = Path(args.out) if args.out else root
     out.mkdir(parents=True, exist_ok=True)
+    if args.keep:
+        table = keep_other_recipes(out / "lopo_table.csv", table)
     table.to_csv(out / "lopo_table.csv", index=False)
     (out / "lopo_table.md").write_text(to_markdown(table) + "\n")
     print(to_markdown(table))
     sizes = pd.concat([r for d in recipes for r in lopo_size_rows(d)], ignore_index=True)
     if not args.untuned:
         sizes = sizes[sizes.decision != "0.5, no size filter"]
+    if args.keep:
+        sizes = keep_other_recipes(out / "lopo_sizes.csv", sizes)
     sizes.to_csv(out / "lopo_sizes.csv", index=False)
     (out / "lopo_sizes.md").write_text(to_markdown(sizes) + "\n")
     print(to_markdown(sizes))
@@ -467,6 +486,9 @@ def main() -> None:
     lt.add_argument("--root", default="runs/lopo")
     lt.add_argument("--untuned", action="store_true", help="also the rows at threshold 0.5, no size filter")
     lt.add_argument("--out", help="folder for lopo_table.csv/.md (default: --root; studies/lopo is committed)")
+    lt.add_argument("--keep", action="store_true",
+                    help="keep the rows of recipes already in --out's tables that are not recomputed here "
+                         "(their run folders may be gone)")
     lt.set_defaults(func=cmd_lopo_table)
     v = sub.add_parser("verify", help="the shipped model on the exams of its validation/ or fit/ report, against it")
     v.add_argument("--model", default="models/ms_flair_t1")

@@ -33,7 +33,8 @@ def test_lopo_table_writes_detection_by_lesion_volume(tmp_path):
 
     ms = _ms_experiments()
     out = tmp_path / "tables"
-    ms.cmd_lopo_table(argparse.Namespace(root=str(tmp_path / "lopo"), recipes=["recipe"], untuned=False, out=str(out)))
+    ms.cmd_lopo_table(argparse.Namespace(root=str(tmp_path / "lopo"), recipes=["recipe"], untuned=False, out=str(out),
+                                        keep=False))
 
     table = pd.read_csv(out / "lopo_table.csv")
     assert table.TP.tolist() == [1, 1] and table.FP.tolist() == [1, 1]  # the exam and the pooled row
@@ -41,3 +42,29 @@ def test_lopo_table_writes_detection_by_lesion_volume(tmp_path):
     assert sizes["found <10 mm³"] == "0/1" and sizes["false <10 mm³"] == 1
     assert sizes["found 100-1000 mm³"] == "1/1" and sizes["false 100-1000 mm³"] == 0
     assert "found <10 mm³" in (out / "lopo_sizes.md").read_text()
+
+
+def test_lopo_table_keeps_the_committed_rows_of_recipes_whose_runs_are_gone(tmp_path):
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[10:15, 10:15, 10:15] = 1
+    cfg = EvaluateConfig()
+    for recipe, found in (("old", truth), ("new", np.zeros_like(truth))):
+        write_reports([evaluate_case(truth, found, (1.0, 1.0, 1.0), cfg, "exam")],
+                      tmp_path / "lopo" / recipe / "report", cfg)
+    ms = _ms_experiments()
+    out = tmp_path / "tables"
+
+    def table(recipes, keep):
+        ms.cmd_lopo_table(argparse.Namespace(root=str(tmp_path / "lopo"), recipes=recipes, untuned=False,
+                                             out=str(out), keep=keep))
+        return pd.read_csv(out / "lopo_table.csv"), pd.read_csv(out / "lopo_sizes.csv")
+
+    table(["old"], keep=False)
+    (tmp_path / "lopo" / "old" / "report" / "cases.csv").unlink()  # its run folder is gone
+    rows, sizes = table(["new"], keep=True)
+    assert rows.recipe.tolist() == ["old", "old", "new", "new"] and rows.TP.tolist() == [1, 1, 0, 0]
+    assert sizes.recipe.tolist() == ["old", "new"]
+    rows, _ = table(["new"], keep=True)  # recomputing a recipe replaces its rows, never doubles them
+    assert rows.recipe.tolist() == ["old", "old", "new", "new"]
+    rows, _ = table(["new"], keep=False)
+    assert rows.recipe.tolist() == ["new", "new"]
