@@ -346,7 +346,7 @@ def keep_other_recipes(existing: Path, table: "pd.DataFrame") -> "pd.DataFrame":
 
     if not existing.is_file():
         return table
-    old = pd.read_csv(existing, keep_default_na=False)
+    old = pd.read_csv(existing)  # NaN where the table says n/a, as the recomputed rows have it
     old = old[~old.recipe.isin(set(table.recipe))]
     return pd.concat([old, table], ignore_index=True)
 
