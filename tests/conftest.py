@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 # keep the 2-core CI machine responsive and TensorFlow quiet
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,6 +19,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data_samples"
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def load_pipeline(name: str, module_name: str | None = None) -> ModuleType:
+    """The script ``pipelines/<name>.py`` as a module (the scripts are not a package).
+
+    ``module_name`` registers it in ``sys.modules`` under that name (dataclasses and pickling of
+    its objects need it); by default it is loaded anonymously, fresh each call.
+    """
+    spec = importlib.util.spec_from_file_location(module_name or name, REPO / "pipelines" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    if module_name:
+        sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None, dtype=None) -> Path:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from conftest import REPO
+from conftest import load_pipeline
 
 
 def _check_module():
-    spec = importlib.util.spec_from_file_location("clinical_path_check", REPO / "pipelines" / "clinical_path_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline("clinical_path_check")
 
 
 def _stripped_exam(tmp_path):

@@ -8,25 +8,18 @@ restored -> the same predictions), not a GPU.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, load_pipeline
 
 
 @pytest.fixture(scope="module")
 def gpu():
-    spec = importlib.util.spec_from_file_location("lesionseg_gpu_script", REPO / "pipelines" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline("gpu", "lesionseg_gpu_script")
 
 
 def test_quantise_is_exact_for_integers_and_within_half_a_step_for_floats(gpu):

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 import numpy as np
 import pandas as pd
 
-from conftest import REPO
+from conftest import load_pipeline
 from lesionseg.config import EvaluateConfig
 from lesionseg.evaluation.lesions import evaluate_case
 from lesionseg.evaluation.report import write_reports
 
 
 def _ms_experiments():
-    spec = importlib.util.spec_from_file_location("ms_experiments", REPO / "pipelines" / "ms_experiments.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline("ms_experiments")
 
 
 def test_lopo_table_writes_detection_by_lesion_volume(tmp_path):

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
-from conftest import REPO
+from conftest import load_pipeline
 
 
 def _ms_experiments():
-    spec = importlib.util.spec_from_file_location("ms_experiments", REPO / "pipelines" / "ms_experiments.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline("ms_experiments")
 
 
 def _write(path, text="x"):
