@@ -35,8 +35,13 @@ LAYERS = ((3, 0.25), (8, 0.08), (11, 1.4), (13, 0.7))  # CSF, skull, scalp fat, 
 PAD = 16
 
 
-def wrap_in_head(case_dir: Path, out_dir: Path, seed: int = 0) -> Path:
-    """``out_dir/<case>/flair.nii.gz`` and ``lesion_mask.nii.gz``: the exam inside a synthetic head."""
+def wrap_in_head(case_dir: Path, out_dir: Path, seed: int = 0,
+                 layers: tuple[tuple[float, float], ...] = LAYERS) -> Path:
+    """``out_dir/<case>/flair.nii.gz`` and ``lesion_mask.nii.gz``: the exam inside a synthetic head.
+
+    ``layers``: (outer distance from the brain in mm, intensity as a multiple of the brain's median
+    FLAIR) from the inside out; :data:`LAYERS` for this check.
+    """
     flair = nib.load(case_dir / "flair.nii.gz")
     x = np.asarray(flair.dataobj, np.float32)
     brain = np.pad(x > 0, PAD)
@@ -44,7 +49,7 @@ def wrap_in_head(case_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     head = np.pad(x, PAD)
     dist = ndimage.distance_transform_edt(~brain)
     inner = 0.0
-    for outer, level in LAYERS:
+    for outer, level in layers:
         head[(dist > inner) & (dist <= outer)] = level * median
         inner = outer
     rng = np.random.default_rng(seed)

@@ -96,8 +96,13 @@ def run(cmd: list[str], log: Path | None = None, backend: str | None = None) -> 
     print(f"  done in {time.time() - t0:.0f} s", flush=True)
 
 
-def case_folder(target: Path, cases: list[str], source: Path = DATA) -> Path:
-    """A folder of links to the chosen exams of ``source`` (lesionseg reads every case of a folder)."""
+def case_folder(target: Path, cases: list[str], source: Path = DATA, extra: Path | None = None) -> Path:
+    """A folder of links to the chosen exams of ``source`` (lesionseg reads every case of a folder).
+
+    ``extra``: a folder of derived exams named ``<case>_<anything>``; those of the chosen exams are
+    linked too (e.g. ``pipelines/clinical_training_set.py``'s ``<case>_clin1``), so a derived exam
+    always stays on its patient's side of a split.
+    """
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -105,7 +110,24 @@ def case_folder(target: Path, cases: list[str], source: Path = DATA) -> Path:
         if not (source / case).is_dir():
             sys.exit(f"{source / case}: missing (make it with lesionseg thick-slices, or leave out --eval-data)")
         (target / case).symlink_to((source / case).resolve(), target_is_directory=True)
+    for derived in derived_cases(extra, cases) if extra else []:
+        (target / derived.name).symlink_to(derived.resolve(), target_is_directory=True)
     return target
+
+
+def derived_cases(folder: Path, cases: list[str]) -> list[Path]:
+    """The case folders of ``folder`` named ``<case>_<suffix>`` for one of ``cases``.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ("mslesseg_P14_T1_clin1", "mslesseg_P14_T10_clin1", "lesjak_patient07_clin2"):
+    ...     (root / name).mkdir()
+    >>> [p.name for p in derived_cases(root, ["mslesseg_P14_T1", "lesjak_patient19"])]
+    ['mslesseg_P14_T1_clin1']
+    """
+    if not folder.is_dir():
+        sys.exit(f"{folder}: missing (make it with pipelines/clinical_training_set.py)")
+    return sorted(p for p in folder.iterdir() if p.is_dir() and any(p.name.startswith(c + "_") for c in cases))
 
 
 def split(fold: str) -> tuple[list[str], list[str]]:
@@ -134,7 +156,7 @@ def untuned_predictions(prob_dir: Path, out_dir: Path) -> None:
 def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, config: Path = CONFIG,
                        tune_on_train: bool = False, train_backend: str | None = None,
                        infer_sets: list[str] | None = None, eval_data: Path | None = None,
-                       atlas: bool = False) -> None:
+                       atlas: bool = False, extra_train: Path | None = None) -> None:
     """Train on the fold's training exams, then (tune,) infer and evaluate its held-out exams.
 
     ``tune_on_train`` tunes the decision on the training exams (leave-one-patient-out: the held-out
@@ -145,14 +167,15 @@ def train_and_evaluate(run_dir: Path, fold: str, sets: list[str], tune: bool, co
     holds other versions of the same exams (e.g. thick-slice ones from ``lesionseg thick-slices``):
     training reads the shared exams, tuning, inference and evaluation read these.  ``atlas`` stores
     a lesion atlas of the other Lesjak patients with the run before tuning (the tuning then tries
-    its cut-offs too).
+    its cut-offs too).  ``extra_train``: derived exams of the training patients trained on as well
+    (:func:`derived_cases`); tuning stays on the exams themselves.
     """
     train_cases, val_cases = split(fold)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{run_dir.name}.log"
-    train_dir = case_folder(run_dir / "cases_train", train_cases)
+    train_dir = case_folder(run_dir / "cases_train", train_cases, extra=extra_train)
     val_dir = case_folder(run_dir / "cases_val", val_cases, eval_data or DATA)
-    tune_dir = case_folder(run_dir / "cases_tune", train_cases, eval_data) if eval_data else train_dir
+    tune_dir = case_folder(run_dir / "cases_tune", train_cases, eval_data or DATA)
     extra = [x for s in ["train.val_fraction=0", *sets] for x in ("--set", s)]
     print(f"[{run_dir.name}] train on {', '.join(train_cases)}; validate on {', '.join(val_cases)}", flush=True)
     if not (run_dir / "model.keras").is_file():
@@ -193,7 +216,7 @@ def cmd_lopo(args: argparse.Namespace) -> None:
             reuse_fold_model(Path(args.models_from) / patient, run_dir, keep_decision=not args.retune)
         train_and_evaluate(run_dir, patient, args.set, tune=True, config=config, tune_on_train=True,
                            train_backend=args.train_backend, infer_sets=args.infer_set, eval_data=eval_data,
-                           atlas=args.atlas)
+                           atlas=args.atlas, extra_train=Path(args.extra_train).resolve() if args.extra_train else None)
     pooled_reports(out, config, eval_data)
 
 
@@ -478,6 +501,8 @@ def main() -> None:
     lo.add_argument("--retune", action="store_true", help="with --models-from: tune the decision again on the "
                     "training exams (e.g. over the grid of --infer-set infer.tune_thresholds=[...]) instead of "
                     "reusing the fold's")
+    lo.add_argument("--extra-train", help="also train on the derived exams of this folder that belong to the "
+                    "training patients (<case>_<suffix>, e.g. pipelines/clinical_training_set.py's)")
     lo.add_argument("--train-backend", choices=["tensorflow", "torch", "jax"],
                     help="Keras backend of the training step only (default: the environment's)")
     lo.set_defaults(func=cmd_lopo)
