@@ -90,3 +90,36 @@ def test_derived_exams_stay_with_their_patient(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == [
         "lesjak_patient19", "lesjak_patient19_clin1", "mslesseg_P14_T1", "mslesseg_P14_T1_clin1"]
     assert (folder / "lesjak_patient19_clin1").resolve() == (extra / "lesjak_patient19_clin1").resolve()
+
+
+def test_visible_only_drops_a_lesion_thinner_than_half_a_slice_and_keeps_the_others_whole(sim, tmp_path):
+    case, lesion, affine = _stripped_exam(tmp_path / "exams")
+    thin = np.zeros_like(lesion)
+    thin[14:20, 14:20, 22] = True  # a 1.2 mm thin plaque: under half of any 4 mm slice
+    mask = (lesion | thin).astype(np.uint8)
+    nib.save(nib.Nifti1Image(mask, affine), case / "lesion_mask.nii.gz")
+    flair = np.asarray(nib.load(case / "flair.nii.gz").dataobj, np.float32)
+    flair[thin] = 190.0
+    nib.save(nib.Nifti1Image(flair, affine), case / "flair.nii.gz")
+    variant = sim.Variant(slice_mm=4.0, gap_mm=0.0, in_plane_mm=1.0, seed=3)
+    config = REPO / "pipelines" / "ms_flair.toml"
+
+    every = sim.simulate(case, variant, config, tmp_path / "all", tmp_path / "w1")
+    visible = sim.simulate(case, variant, config, tmp_path / "visible", tmp_path / "w2", visible_only=True)
+
+    count = lambda path: ndimage.label(np.asarray(nib.load(path / "lesion_mask.nii.gz").dataobj))[1]  # noqa: E731
+    assert count(every) == 2 and count(visible) == 1
+    kept = np.asarray(nib.load(visible / "lesion_mask.nii.gz").dataobj) > 0
+    labels, _ = ndimage.label(np.asarray(nib.load(every / "lesion_mask.nii.gz").dataobj))
+    big = labels == np.argmax(np.bincount(labels[labels > 0]))
+    np.testing.assert_array_equal(kept, big)  # the visible lesion keeps its 1 mm outline
+
+
+def test_visible_lesions_keeps_whole_components_touched_by_the_thick_truth(sim):
+    truth = np.zeros((8, 8, 8), bool)
+    truth[1, 1, 1] = True
+    truth[5:7, 5:7, 2:6] = True
+    thick = np.zeros_like(truth)
+    thick[6, 6, 5] = True
+    np.testing.assert_array_equal(sim.visible_lesions(truth, thick), truth & (np.indices(truth.shape)[0] >= 5))
+    assert not sim.visible_lesions(truth, np.zeros_like(truth)).any()
