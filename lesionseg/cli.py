@@ -160,6 +160,20 @@ def _add_atlas(sub: argparse._SubParsersAction) -> None:
                    "not seen (leave one mask out; default 0.95; 1 = no cut-off until one is set or tuned)")
 
 
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help="make one run of several trained ones: infer averages their lesion probabilities",
+        description="Copy trained runs (e.g. other seeds of one recipe) into one run folder whose models "
+        "infer and tune average, lesion probability per window, before the decision. The runs must read "
+        "exams alike (channels, normalisation, preprocessing, window, head); the first gives the config. "
+        "A member's tuned decision is not carried over: tune the ensemble.",
+    )
+    p.add_argument("--runs", type=Path, nargs="+", required=True, metavar="RUN", help="trained run folders")
+    p.add_argument("--out", type=Path, required=True, help="the ensemble's run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a run --out holds (once the new one is complete)")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -263,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_infer(sub)
     _add_tune(sub)
     _add_atlas(sub)
+    _add_ensemble(sub)
     _add_evaluate(sub)
     _add_compare(sub)
     _add_samples(sub)
@@ -398,6 +413,13 @@ def cmd_atlas(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from lesionseg.inference.ensemble import build_ensemble
+
+    build_ensemble(args.runs, args.out, overwrite=args.overwrite)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.overlays:
@@ -493,6 +515,9 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.command in ("tune", "atlas"):  # write tuning.json / lesion_atlas.nii.gz into the run folder
         check_output_folder(args.model)
         return
+    if args.command == "ensemble":
+        check_output_folder(args.out, args.runs)
+        return
     if args.command == "report":  # rewrites report.html in the report folder
         check_output_folder(args.report)
         return
@@ -513,6 +538,7 @@ COMMANDS = {
     "infer": cmd_infer,
     "tune": cmd_tune,
     "atlas": cmd_atlas,
+    "ensemble": cmd_ensemble,
     "evaluate": cmd_evaluate,
     "compare": cmd_compare,
     "samples": cmd_samples,

@@ -51,6 +51,7 @@ from lesionseg.inference.cohort import (
     read_failed_cases,
     write_failures,
 )
+from lesionseg.inference.ensemble import check_members
 from lesionseg.inference.predictor import Predictor, model_file
 from lesionseg.inference.sliding_window import Progress
 from lesionseg.logs import setup_logging
@@ -207,6 +208,8 @@ def run_inference(
     model_path = model_file(run_dir, config)
     if not model_path.is_file():
         raise LesionsegError(f"{model_path}: missing; is {run_dir} a trained lesionseg run?")
+    if config.model.kind != "threshold":
+        check_members(run_dir)  # an ensemble's member missing or changed: said before any case is read
     case_dirs = io.list_cases(input_path)
     all_ids = [c.name for c in case_dirs]
     failures: list[Failure] = []

@@ -10,7 +10,7 @@ to its lesion probability with the run's :class:`~lesionseg.inference.window_opt
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import numpy as np
 from lesionseg.config import Config, load_config
 from lesionseg.errors import LesionsegError
 from lesionseg.inference.atlas import LesionAtlas, load_atlas
+from lesionseg.inference.ensemble import ENSEMBLE_FILE, check_members, is_ensemble
 from lesionseg.inference.sliding_window import Progress
 from lesionseg.inference.window_options import WindowOptions, predict_windows
 from lesionseg.model.heads import head_channels, lesion_probability_numpy
@@ -45,12 +46,16 @@ class Predictor:
         The sliding window (``patches.size`` and ``[infer]``).
     atlas : LesionAtlas or None
         The run's lesion atlas (``RUN/lesion_atlas.nii.gz``) for the decision's atlas filter.
+    members : tuple of keras.Model
+        Further models of an ensemble run (:mod:`lesionseg.inference.ensemble`): each window's
+        lesion probability is the mean of ``model``'s and theirs.
     """
 
     model: Any
     config: Config
     window: WindowOptions
     atlas: LesionAtlas | None = None
+    members: tuple[Any, ...] = ()
 
     @classmethod
     def from_model(cls, model: Any, config: Config) -> Predictor:
@@ -99,9 +104,14 @@ class Predictor:
         atlas = load_atlas(run_dir)
         if config.model.kind == "threshold":
             return replace(cls.from_model(ThresholdModel.from_config(config), config), atlas=atlas)
-        model = load_run_model(run_dir)
-        check_model(model, config, run_dir)
-        return replace(cls.from_model(prepare_for_inference(model, config), config), atlas=atlas)
+        files = check_members(run_dir)
+        models = []
+        for path in files:
+            name = path.relative_to(run_dir).as_posix()
+            model = load_run_model(run_dir, name)
+            check_model(model, config, run_dir, name)
+            models.append(prepare_for_inference(model, config))
+        return replace(cls.from_model(models[0], config), atlas=atlas, members=tuple(models[1:]))
 
     @property
     def head(self) -> str:
@@ -110,7 +120,7 @@ class Predictor:
 
     def predict_fn(self) -> Callable[[np.ndarray], np.ndarray]:
         """The window predictor: (B, d, h, w, C) → (B, d, h, w, 1) lesion probabilities."""
-        return make_predict_fn(self.model, self.head)
+        return make_predict_fn(self.model, self.head, self.members)
 
     def probability(self, image: np.ndarray, *, progress: Progress | None = None) -> np.ndarray:
         """Lesion probability of a whole volume (sliding window, flip TTA, foreground crop).
@@ -137,7 +147,7 @@ class Predictor:
         return np.clip(prob[..., 0], 0.0, 1.0)
 
 
-def make_predict_fn(model: Any, head: str) -> Callable[[np.ndarray], np.ndarray]:
+def make_predict_fn(model: Any, head: str, members: Sequence[Any] = ()) -> Callable[[np.ndarray], np.ndarray]:
     """A window predictor for :func:`~lesionseg.inference.sliding_window.predict_volume`.
 
     Parameters
@@ -147,6 +157,9 @@ def make_predict_fn(model: Any, head: str) -> Callable[[np.ndarray], np.ndarray]
     head : {"sigmoid", "softmax"}
         How the logits become the lesion probability
         (:func:`lesionseg.model.heads.lesion_probability_numpy`).
+    members : sequence of keras.Model
+        Further models with the same head: the window's probability is the mean over
+        ``model`` and them (probabilities, not logits, are averaged).
 
     Returns
     -------
@@ -157,13 +170,22 @@ def make_predict_fn(model: Any, head: str) -> Callable[[np.ndarray], np.ndarray]
     """
     k = head_channels(head)
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        logits = np.asarray(model.predict_on_batch(batch))
+    def one(net: Any, batch: np.ndarray) -> np.ndarray:
+        logits = np.asarray(net.predict_on_batch(batch))
         if logits.shape[-1] != k:
             raise LesionsegError(
                 f"model emits {logits.shape[-1]} channel(s) but model.head={head!r} expects {k}"
             )
         return lesion_probability_numpy(logits, head)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        prob = one(model, batch)
+        if not members:
+            return prob
+        total = prob.astype(np.float64)
+        for net in members:
+            total += one(net, batch)
+        return (total / (1 + len(members))).astype(np.float32)
 
     return predict
 
@@ -194,14 +216,17 @@ def prepare_for_inference(model: Any, config: Config) -> Any:
 def model_file(run_dir: str | Path, config: Config) -> Path:
     """The file that identifies a run's model: ``model.keras``, or ``config.yaml`` for the threshold baseline.
 
-    Its hash goes into each prediction's record (:class:`lesionseg.provenance.Source`).
+    Its hash goes into each prediction's record (:class:`lesionseg.provenance.Source`).  For an
+    ensemble it is ``ensemble.json``, which records every member's SHA-256 (checked on loading).
     """
-    return Path(run_dir) / (CONFIG_FILE if config.model.kind == "threshold" else MODEL_FILE)
+    if config.model.kind == "threshold":
+        return Path(run_dir) / CONFIG_FILE
+    return Path(run_dir) / (ENSEMBLE_FILE if is_ensemble(run_dir) else MODEL_FILE)
 
 
-def load_run_model(run_dir: str | Path) -> Any:
-    """Load ``RUN/model.keras`` (one-line error when missing or unreadable)."""
-    path = Path(run_dir) / MODEL_FILE
+def load_run_model(run_dir: str | Path, name: str = MODEL_FILE) -> Any:
+    """Load ``RUN/model.keras`` (or the member ``RUN/<name>``; one-line error when missing or unreadable)."""
+    path = Path(run_dir) / name
     if not path.is_file():
         raise LesionsegError(f"{path}: missing; is {run_dir} a trained lesionseg run?")
     # local: importing the U-Net loads Keras (seconds, and TensorFlow's start-up lines on stderr), which
@@ -217,17 +242,17 @@ def load_run_model(run_dir: str | Path) -> Any:
         raise LesionsegError(f"{path}: cannot load model ({first})") from None
 
 
-def check_model(model: Any, config: Config, run_dir: Path) -> None:
+def check_model(model: Any, config: Config, run_dir: Path, name: str = MODEL_FILE) -> None:
     """The model's input channels and head match the run's config."""
     n_in = model.inputs[0].shape[-1]
     if n_in is not None and int(n_in) != len(config.data.channels):
         raise LesionsegError(
-            f"{Path(run_dir) / MODEL_FILE}: model takes {n_in} channel(s) but data.channels "
+            f"{Path(run_dir) / name}: model takes {n_in} channel(s) but data.channels "
             f"lists {len(config.data.channels)} ({', '.join(config.data.channels)})"
         )
     k = model.outputs[0].shape[-1]
     if k is not None and int(k) != head_channels(config.model.head):
         raise LesionsegError(
-            f"{Path(run_dir) / MODEL_FILE}: model emits {k} channel(s) but model.head="
+            f"{Path(run_dir) / name}: model emits {k} channel(s) but model.head="
             f"{config.model.head!r} expects {head_channels(config.model.head)}"
         )

@@ -213,7 +213,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, writes: bool) -> None:
 
 #: What a run folder holds (written by ``train`` and ``tune``); other files in it are not ours.
 RUN_FILES = (MODEL_FILE, "config.yaml", HISTORY_FILE, "curves.png", "validation", "split.csv", "train.log",
-             CHECKPOINT_DIR, "tuning.json", "tuning.csv")
+             CHECKPOINT_DIR, "tuning.json", "tuning.csv", "members", "ensemble.json")
 
 
 def holds_run(run_dir: Path) -> list[str]:
