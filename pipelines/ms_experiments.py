@@ -13,6 +13,7 @@ Every step goes through the ``lesionseg`` command line, exactly as a user would 
     python pipelines/ms_experiments.py lopo --config pipelines/OTHER.toml   # the same for another recipe
     python pipelines/ms_experiments.py lopo --config pipelines/OTHER.toml --atlas   # + the lesion-atlas filter, tuned
     python pipelines/ms_experiments.py lopo --atlas --models-from runs/lopo/R --out runs/lopo/R_atlas  # same nets
+    python pipelines/ms_experiments.py lopo --ensemble-of runs/lopo/R runs/lopo/R_s1 --out runs/lopo/R_ens  # seeds averaged
     python pipelines/ms_experiments.py lopo-table      # every recipe's per-exam + pooled table -> runs/lopo/
 
 The 6 exams are 4 patients (the three ``mslesseg_P14_*`` exams are one patient), so the split is by
@@ -214,6 +215,9 @@ def cmd_lopo(args: argparse.Namespace) -> None:
             continue
         if args.models_from and not (run_dir / "model.keras").is_file():
             reuse_fold_model(Path(args.models_from) / patient, run_dir, keep_decision=not args.retune)
+        if args.ensemble_of and not (run_dir / "model.keras").is_file():
+            members = [str(Path(d) / patient) for d in args.ensemble_of]
+            run([*LESIONSEG, "ensemble", "--runs", *members, "--out", str(run_dir)])
         train_and_evaluate(run_dir, patient, args.set, tune=True, config=config, tune_on_train=True,
                            train_backend=args.train_backend, infer_sets=args.infer_set, eval_data=eval_data,
                            atlas=args.atlas, extra_train=Path(args.extra_train).resolve() if args.extra_train else None)
@@ -498,6 +502,9 @@ def main() -> None:
                     help="store a lesion atlas of the other Lesjak patients with each fold, tune its cut-off too")
     lo.add_argument("--models-from", help="reuse the fold models of this LOPO folder (same recipe) instead of "
                     "training: compare decisions (e.g. --atlas) on the same networks")
+    lo.add_argument("--ensemble-of", nargs="+", metavar="LOPO_DIR",
+                    help="no training: each fold is the ensemble (lesionseg ensemble) of that fold's models in these "
+                    "LOPO folders (e.g. two seeds of one recipe), tuned on its training exams like a trained fold")
     lo.add_argument("--retune", action="store_true", help="with --models-from: tune the decision again on the "
                     "training exams (e.g. over the grid of --infer-set infer.tune_thresholds=[...]) instead of "
                     "reusing the fold's")

@@ -64,3 +64,23 @@ def test_lopo_table_keeps_the_committed_rows_of_recipes_whose_runs_are_gone(tmp_
     assert rows.recipe.tolist() == ["old", "old", "new", "new"]
     rows, _ = table(["new"], keep=False)
     assert rows.recipe.tolist() == ["new", "new"]
+
+
+def test_lopo_ensemble_of_builds_each_fold_from_the_same_fold_of_every_folder(tmp_path, monkeypatch):
+    ms = _ms_experiments()
+    commands, trained = [], []
+    monkeypatch.setattr(ms, "run", lambda cmd, *a, **k: commands.append(cmd))
+    monkeypatch.setattr(ms, "train_and_evaluate", lambda run_dir, patient, *a, **k: trained.append((run_dir, patient)))
+    monkeypatch.setattr(ms, "pooled_reports", lambda *a, **k: None)
+    out = tmp_path / "ens"
+    (out / "L19").mkdir(parents=True)
+    (out / "L19" / "model.keras").write_bytes(b"made before")  # an ensemble made already is kept
+    ms.cmd_lopo(argparse.Namespace(
+        patients=["L07", "L19"], config=str(ms.CONFIG), out=str(out), set=[], force=False, infer_set=[],
+        eval_data=None, atlas=False, models_from=None, retune=False, extra_train=None, train_backend=None,
+        ensemble_of=[str(tmp_path / "s0"), str(tmp_path / "s1")]))
+    assert len(commands) == 1
+    cmd = commands[0]
+    assert cmd[cmd.index("ensemble") + 1:] == ["--runs", str(tmp_path / "s0" / "L07"), str(tmp_path / "s1" / "L07"),
+                                               "--out", str(out / "L07")]
+    assert [p for _, p in trained] == ["L07", "L19"]  # then tuned, predicted and scored like a trained fold
