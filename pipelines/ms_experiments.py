@@ -411,7 +411,7 @@ def cmd_lopo_table(args: argparse.Namespace) -> None:
 
 
 SHIPPED_FILES = ("model.keras", "config.yaml", "tuning.json", "history.csv", "curves.png", "split.csv",
-                 "lesion_atlas.nii.gz", "lesion_atlas.json")
+                 "lesion_atlas.nii.gz", "lesion_atlas.json", "ensemble.json")
 
 
 def cmd_ship(args: argparse.Namespace) -> None:
@@ -424,6 +424,9 @@ def cmd_ship(args: argparse.Namespace) -> None:
             shutil.copy2(src / name, dst / name)
         elif (dst / name).is_file():  # e.g. an atlas of the model shipped before: not this one's
             (dst / name).unlink()
+    shutil.rmtree(dst / "members", ignore_errors=True)  # an ensemble's further models (lesionseg ensemble)
+    if (src / "members").is_dir():
+        shutil.copytree(src / "members", dst / "members")
     for report, kept in (("report", "validation"), ("fit_report", "fit")):
         shutil.rmtree(dst / kept, ignore_errors=True)  # an earlier model's report is not this one's
         if (src / report).is_dir():

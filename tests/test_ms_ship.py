@@ -49,3 +49,18 @@ def test_a_fold_model_ships_its_held_out_report_as_validation(tmp_path):
 
     assert (dst / "validation" / "cases.csv").read_text() == "case,GT\nheld,3\n"
     assert not (dst / "fit").exists()
+
+
+def test_an_ensemble_ships_with_its_members_and_a_single_model_drops_earlier_members(tmp_path):
+    ms = _ms_experiments()
+    ens, single, dst = tmp_path / "ens", tmp_path / "single", tmp_path / "models" / "m"
+    for name in ("model.keras", "config.yaml", "ensemble.json", "members/member_1.keras"):
+        _write(ens / name, f"ens {name}")
+    ms.cmd_ship(argparse.Namespace(run=str(ens), to=str(dst)))
+    assert (dst / "members" / "member_1.keras").read_text() == "ens members/member_1.keras"
+    assert (dst / "ensemble.json").read_text() == "ens ensemble.json"
+    for name in ("model.keras", "config.yaml"):
+        _write(single / name, f"single {name}")
+    ms.cmd_ship(argparse.Namespace(run=str(single), to=str(dst)))
+    assert not (dst / "members").exists() and not (dst / "ensemble.json").exists()
+    assert (dst / "model.keras").read_text() == "single model.keras"

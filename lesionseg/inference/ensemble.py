@@ -174,11 +174,11 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, overwrite: bool 
         members = []
         for run, config, target in zip(runs, configs, targets):
             shutil.copy2(run / MODEL_FILE, target)
-            members.append({"file": target.relative_to(tmp).as_posix(), "source": str(run.resolve()),
+            members.append({"file": target.relative_to(tmp).as_posix(), "source": str(run),
                             "sha256": file_sha256(target), "seed": config.train.seed})
         shutil.copy2(runs[0] / CONFIG_FILE, tmp / CONFIG_FILE)
         record = {"members": members, "average": "lesion probability, per window, before the decision",
-                  "config_from": str(runs[0].resolve()),
+                  "config_from": str(runs[0]),
                   "differences": _differences(configs)}
         (tmp / ENSEMBLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         out.mkdir(parents=True, exist_ok=True)
