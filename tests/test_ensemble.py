@@ -47,6 +47,7 @@ def test_ensemble_probability_is_the_mean_of_its_members(two_runs, tmp_path):
     assert main(["ensemble", "--runs", str(a), str(b), "--out", str(tmp_path / "ens")]) == 0
     ens = tmp_path / "ens"
     assert [p.relative_to(ens).as_posix() for p in member_files(ens)] == ["model.keras", "members/member_1.keras"]
+    assert not (ens / "split.csv").exists()  # the members' splits are not known to be one
     record = json.loads((ens / ENSEMBLE_FILE).read_text())
     assert [m["seed"] for m in record["members"]] == [0, 1]
     assert record["differences"]["train.seed"] == [0, 1]
@@ -135,3 +136,14 @@ def test_replacing_an_ensemble_run_removes_its_members(two_runs, tmp_path):
     assert member_files(ens) == [ens / "model.keras"]
     assert not (ens / ENSEMBLE_FILE).exists()
     Predictor.from_run(ens)  # a plain run again
+
+
+def test_the_members_common_split_goes_with_the_ensemble_and_a_new_folder_says_nothing_replaced(two_runs, tmp_path,
+                                                                                                caplog):
+    a, b = two_runs
+    for run in (a, b):
+        (run / "split.csv").write_text("case,role\nc1,train\n")
+    with caplog.at_level("INFO"):
+        assert main(["ensemble", "--runs", str(a), str(b), "--out", str(tmp_path / "ens")]) == 0
+    assert (tmp_path / "ens" / "split.csv").read_text() == "case,role\nc1,train\n"
+    assert "ensemble of 2 models" in caplog.text and "replaced" not in caplog.text

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -36,6 +37,7 @@ MEMBERS_DIR = "members"
 ENSEMBLE_FILE = "ensemble.json"
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.yaml"
+SPLIT_FILE = "split.csv"
 
 
 def member_files(run_dir: str | Path) -> list[Path]:
@@ -156,7 +158,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, overwrite: bool 
     Path
         ``out``.
     """
-    from lesionseg.training.checkpoint import holds_run, replace_run
+    from lesionseg.training.checkpoint import holds_run, remove_path, replace_run
 
     runs, out = [Path(r) for r in runs], Path(out)
     configs = check_compatible(runs)
@@ -177,12 +179,20 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, overwrite: bool 
             members.append({"file": target.relative_to(tmp).as_posix(), "source": str(run),
                             "sha256": file_sha256(target), "seed": config.train.seed})
         shutil.copy2(runs[0] / CONFIG_FILE, tmp / CONFIG_FILE)
+        splits = [r / SPLIT_FILE for r in runs]
+        if all(f.is_file() for f in splits) and len({f.read_bytes() for f in splits}) == 1:
+            shutil.copy2(splits[0], tmp / SPLIT_FILE)  # every member trained on the same exams: say which
         record = {"members": members, "average": "lesion probability, per window, before the decision",
                   "config_from": str(runs[0]),
                   "differences": _differences(configs)}
         (tmp / ENSEMBLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         out.mkdir(parents=True, exist_ok=True)
-        replace_run(tmp, out)
+        if holds_run(out) or (out / ENSEMBLE_FILE).exists():
+            replace_run(tmp, out)  # the earlier run moves aside first, then goes
+        else:
+            for item in tmp.iterdir():
+                remove_path(out / item.name)
+                os.replace(item, out / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("ensemble of %d models: %s (probabilities averaged before the decision; "

@@ -221,7 +221,7 @@ def holds_run(run_dir: Path) -> list[str]:
     return [name for name in (MODEL_FILE, CHECKPOINT_DIR, HISTORY_FILE) if (run_dir / name).exists()]
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
@@ -234,7 +234,7 @@ def remove_run(run_dir: Path, created: bool) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         return
     for name in RUN_FILES:
-        _remove(run_dir / name)
+        remove_path(run_dir / name)
 
 
 def replace_run(new: Path, run_dir: Path) -> None:
