@@ -143,7 +143,10 @@ def test_the_members_common_split_goes_with_the_ensemble_and_a_new_folder_says_n
     a, b = two_runs
     for run in (a, b):
         (run / "split.csv").write_text("case,role\nc1,train\n")
+        (run / "history.csv").write_text(f"epoch,loss\n1,{run.name}\n")
     with caplog.at_level("INFO"):
         assert main(["ensemble", "--runs", str(a), str(b), "--out", str(tmp_path / "ens")]) == 0
     assert (tmp_path / "ens" / "split.csv").read_text() == "case,role\nc1,train\n"
+    assert (tmp_path / "ens" / "history.csv").read_text().endswith("seed0\n")
+    assert (tmp_path / "ens" / "members" / "member_1.history.csv").read_text().endswith("seed1\n")
     assert "ensemble of 2 models" in caplog.text and "replaced" not in caplog.text

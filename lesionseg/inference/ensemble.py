@@ -8,7 +8,9 @@ any run::
     RUN/model.keras            first member (the run folder of any trained model has it)
     RUN/members/<name>.keras   further members, averaged with it
     RUN/ensemble.json          the members' sources and SHA-256 (checked when the run is loaded)
-    RUN/config.yaml            the first member's configuration
+    RUN/config.yaml            the first member's configuration (history.csv, curves.png: its training)
+    RUN/members/<name>.history.csv   each further member's training history
+    RUN/split.csv              the exams the members trained on, when they all trained on the same
 
 :func:`build_ensemble` (``lesionseg ensemble --runs A B ... --out RUN``) makes one from trained
 runs whose inputs agree: the same channels, normalisation, preprocessing, window and head (how an
@@ -38,6 +40,8 @@ ENSEMBLE_FILE = "ensemble.json"
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.csv"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
 
 
 def member_files(run_dir: str | Path) -> list[Path]:
@@ -176,9 +180,14 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, overwrite: bool 
         members = []
         for run, config, target in zip(runs, configs, targets):
             shutil.copy2(run / MODEL_FILE, target)
+            if (run / HISTORY_FILE).is_file():  # each model's training curve beside it
+                shutil.copy2(run / HISTORY_FILE, target.with_suffix(".history.csv") if target.parent != tmp
+                             else tmp / HISTORY_FILE)
             members.append({"file": target.relative_to(tmp).as_posix(), "source": str(run),
                             "sha256": file_sha256(target), "seed": config.train.seed})
         shutil.copy2(runs[0] / CONFIG_FILE, tmp / CONFIG_FILE)
+        if (runs[0] / CURVES_FILE).is_file():
+            shutil.copy2(runs[0] / CURVES_FILE, tmp / CURVES_FILE)
         splits = [r / SPLIT_FILE for r in runs]
         if all(f.is_file() for f in splits) and len({f.read_bytes() for f in splits}) == 1:
             shutil.copy2(splits[0], tmp / SPLIT_FILE)  # every member trained on the same exams: say which
