@@ -8,6 +8,12 @@ grid) and whether the component touches a truth lesion (the ``any`` criterion's 
 
     python pipelines/fp_components.py runs/clinical_path/ms_flair_ratio_3840 > fp.csv
     python pipelines/fp_components.py runs/clinical_path/R --summary     # how rules on each feature split TP/FP
+    python pipelines/fp_components.py runs/clinical_path/R --peak 0.6 0.7 0.8 0.9   # the peak rule, scored
+
+``--peak H``: the extent of the 0.5 decision, keeping only components whose peak probability reaches
+H (hysteresis), written to ``R/pred_peak<H>/`` and scored by ``lesionseg evaluate`` into
+``R/report_peak<H>/``.  H chosen by looking at these held-out reports is tuned on the test exams:
+an exploration, not a figure of the recipe.
 """
 
 from __future__ import annotations
@@ -48,6 +54,24 @@ def components(check_dir: Path, case: str, data: Path = SHARED, threshold: float
     return rows
 
 
+def peak_rule(check_dir: Path, high: float, threshold: float = 0.5) -> Path:
+    """``check_dir/pred_peak<high>/``: the ``threshold`` decision's components whose peak reaches ``high``."""
+    from lesionseg.data.writing import write_like
+
+    out = check_dir / f"pred_peak{high:g}"
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted((check_dir / "pred").glob("*_prob.nii.gz")):
+        img = nib.load(path)
+        prob = np.asarray(img.dataobj, np.float32)
+        labels, n = ndimage.label(prob > threshold, structure=np.ones((3, 3, 3)))
+        keep = np.zeros(n + 1, bool)
+        if n:
+            keep[1:] = np.asarray(ndimage.maximum(prob, labels, index=np.arange(1, n + 1))) >= high
+        write_like(out / path.name.replace("_prob", "_pred"), keep[labels].astype(np.uint8), img.affine, img.header,
+                   np.uint8)
+    return out
+
+
 def summary(table: "object") -> str:
     """For rules 'keep a component only if feature ≥ cut': true and false lesions kept at each cut."""
     lines = ["feature | cut | TP kept | FP kept"]
@@ -66,7 +90,21 @@ def main() -> None:
     p.add_argument("check_dir", type=Path, help="a clinical_path_check.py --out folder")
     p.add_argument("--data", type=Path, default=SHARED)
     p.add_argument("--summary", action="store_true", help="print how a cut on each feature splits TP and FP")
+    p.add_argument("--peak", type=float, nargs="+", metavar="H",
+                   help="score the peak rule (0.5 extent, components whose peak reaches H) at each H")
     args = p.parse_args()
+    if args.peak:
+        import subprocess
+
+        for high in args.peak:
+            pred = peak_rule(args.check_dir, high)
+            report = args.check_dir / f"report_peak{high:g}"
+            subprocess.run([sys.executable, "-m", "lesionseg", "-q", "evaluate", "--pred", str(pred), "--truth",
+                            str(args.check_dir / "heads_thick"), "--out", str(report), "--allow-mixed"], check=True)
+            row = pd.read_csv(report / "summary.csv").iloc[0]
+            print(f"peak >= {high:g}: TP {row.TP} FP {row.FP} FN {row.FN} lesion F1 {row.lesion_f1:.3f} "
+                  f"Dice {row.dice_mean:.3f}")
+        return
     cases = sorted(f.name.removesuffix("_prob.nii.gz") for f in (args.check_dir / "pred").glob("*_prob.nii.gz"))
     if not cases:
         sys.exit(f"{args.check_dir / 'pred'}: no *_prob.nii.gz (run clinical_path_check.py first)")
