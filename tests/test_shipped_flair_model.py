@@ -34,6 +34,11 @@ def test_the_flair_model_is_complete_and_stores_its_preprocessing():
     assert pre.reorient and tuple(pre.spacing) == (1.0, 1.0, 1.0) and pre.bias_correction and pre.brain_extraction
     tuning = json.loads((MODEL / "tuning.json").read_text())
     assert 0 < tuning["threshold"] < 1 and tuning["min_lesion_mm3"] >= 0
+    from lesionseg.inference.ensemble import check_members
+
+    members = check_members(MODEL)  # an ensemble of seeds: every member present and unchanged
+    record = json.loads((MODEL / "ensemble.json").read_text())
+    assert len(members) >= 2 and len({m["seed"] for m in record["members"]}) == len(members)
 
 
 def test_the_flair_model_predicts_skull_on_heads_in_ras_and_las_on_their_grids(tmp_path):
