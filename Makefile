@@ -102,7 +102,7 @@ study-ms: install  ## real MS exams: the loss study (12 losses x 2 heads x 3 fol
 	$(LESIONSEG) study --config studies/loss_study/study.toml --data ../shared/data/ms_lesions --out studies/loss_study
 
 study-summary: install  ## the loss study's table.md and tp_fp.png from studies/loss_study/results.csv
-	$(LESIONSEG) study --summarize --out studies/loss_study
+	$(LESIONSEG) study --summarize --out studies/loss_study --readme README.md
 
 lopo-ms: install  ## real MS exams: leave-one-patient-out of the threshold baseline and RECIPE, then the table
 	$(MS) lopo --config pipelines/threshold_baseline.toml

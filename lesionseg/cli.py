@@ -257,6 +257,9 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int,
                    help="training threads per cell (default: cores / cells side by side); 1 leaves cores free")
     p.add_argument("--summarize", action="store_true", help="only write table.csv/.md and tp_fp.png")
+    p.add_argument("--readme", type=Path,
+                   help="also rewrite this Markdown file's block between '<!-- study-answer:begin OUT -->' and "
+                   "'<!-- study-answer:end -->' with the table, plot and verdicts")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -472,7 +475,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.summarize:
         from lesionseg.study.summary import write_summary
 
-        write_summary(args.out)
+        write_summary(args.out, args.readme)
         return 0
     if args.config is None or args.data is None:
         raise LesionsegError("study: --config STUDY.toml and --data DATA are needed to run (or --summarize)")
@@ -483,10 +486,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     from lesionseg.study.runner import run_study
     from lesionseg.study.summary import write_summary
 
+    if args.readme is not None:
+        from lesionseg.study.readme_block import check_document
+
+        check_document(args.readme, args.out)
     results = run_study(args.config, args.data, args.out, args.parallel, args.limit, args.threads)
     log.info("results: %s", results)
     if results.is_file():
-        write_summary(args.out)
+        write_summary(args.out, args.readme)
     return 0
 
 

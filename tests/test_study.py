@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -235,3 +236,38 @@ def test_verdicts_pair_runs_and_say_when_the_spread_decides(tmp_path):
     assert "`dice` × softmax: 1 of 3 run(s) predicted nothing; the collapse diagnostic fired in 1 (missed 0" in text
     assert "FP default − no_overlap = -7 ± 0 over 3 pair(s); default higher in 0: **default lower, consistently**" in text
     assert "best mean lesion F1 (tuned): `focal × " in text
+
+
+def test_summary_rewrites_only_the_readme_block(tmp_path, capsys):
+    """--readme fills the marked block from results.csv (table, plot, verdicts) and leaves the rest byte for byte."""
+    study = tmp_path / "studies" / "s"
+    study.mkdir(parents=True)
+    results = synthetic_results()
+    for col, value in (("lesion_precision", 0.5), ("lesion_recall", 0.5), ("dice", 0.4), ("pred_volume_ml", 1.0),
+                       ("truth_volume_ml", 1.0), ("blank_exams", 0), ("train_seconds", 1), ("cell_seconds", 2)):
+        results[col] = value
+    results.to_csv(study / "results.csv", index=False)
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\nText before.\n", "\nText after, kept.\n"
+    readme.write_text(before + "<!-- study-answer:begin studies/s -->\nstale table\n<!-- study-answer:end -->" + after)
+
+    assert main(["study", "--summarize", "--out", str(study), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(before + "<!-- study-answer:begin studies/s -->") and text.endswith(
+        "<!-- study-answer:end -->" + after)
+    assert "stale table" not in text
+    assert "](studies/s/tp_fp.png)" in text and "from the 12 run(s)" in text
+    assert re.search(r"\| focal +\| softmax +\| +3 \| +0 \|", text)  # loss x head row of the default decision
+    assert "tuned" not in text.split("![")[0].split("| loss")[1]  # only the default rows in the table
+    assert "**softmax higher, consistently**" in text  # claim 1, computed from the rows
+    assert "`dice` × softmax: 1 of 3 run(s) predicted nothing" in text  # claim 2
+    first = text
+    assert main(["study", "--summarize", "--out", str(study), "--readme", str(readme)]) == 0
+    assert readme.read_text() == first  # rerunning on the same rows changes nothing
+
+    other = tmp_path / "OTHER.md"
+    other.write_text("no markers here\n")
+    assert main(["study", "--summarize", "--out", str(study), "--readme", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert "OTHER.md: no line '<!-- study-answer:begin studies/s -->'" in err and "Traceback" not in err
+    assert other.read_text() == "no markers here\n"

@@ -119,12 +119,19 @@ def plot_tp_fp(table: pd.DataFrame, path: Path, variant: str = "default") -> Pat
     return path
 
 
-def write_summary(out: Path) -> tuple[Path, Path, Path]:
-    """``table.csv``, ``table.md`` and ``tp_fp.png`` of a study folder, from its ``results.csv``."""
+def write_summary(out: Path, readme: Path | None = None) -> tuple[Path, Path, Path]:
+    """``table.csv``, ``table.md`` and ``tp_fp.png`` of a study folder, from its ``results.csv``.
+
+    With ``readme``, the study's block in that Markdown document is rewritten too
+    (:mod:`lesionseg.study.readme_block`); its markers are checked before anything is written.
+    """
     from lesionseg.evaluation.compare import to_markdown
+    from lesionseg.study import readme_block
 
     out = Path(out)
     results = load_results(out / "results.csv")
+    if readme is not None:
+        readme_block.check_document(readme, out)
     table = summarize(results)
     shown = table[[c for c in table.columns if not c.endswith(("_mean", "_sd"))]]
     csv_path, md_path = out / "table.csv", out / "table.md"
@@ -140,6 +147,9 @@ def write_summary(out: Path) -> tuple[Path, Path, Path]:
     terms = write_terms_table(out)
     verdicts = write_verdicts(out, results, terms)
     log.info("the study's claims, answered from its rows: %s", verdicts)
+    if readme is not None:
+        readme_block.write_block(readme, out, readme_block.answer_block(table, results, terms, readme, out))
+        log.info("the study's table, plot and verdicts -> %s", readme)
     return csv_path, md_path, png
 
 
