@@ -41,8 +41,9 @@ def _check_writable(path: Path, shown: Path) -> None:
     os.unlink(probe)
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both resolved)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
     return path == folder or folder in path.parents
 
 
@@ -65,7 +66,7 @@ def check_output_folder(path: str | Path, inputs: Iterable[str | Path] = ()) -> 
         raise LesionsegError(f"{path}: output folder lies under a file ({base})")
     for folder in inputs:
         folder = Path(folder)
-        if folder.is_dir() and _inside(path, folder):
+        if folder.is_dir() and inside(path, folder):
             raise LesionsegError(f"{path}: output folder is inside the input folder {folder}; choose another --out")
     _check_writable(base, path)
 
@@ -88,7 +89,7 @@ def temporary_name(path: Path) -> Path:
     return path.parent / f".{name[: len(name) - len(suffix)]}.tmp-{os.getpid()}-{os.urandom(4).hex()}{suffix}"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
@@ -114,7 +115,7 @@ def remove_stale_temporaries(*folders: str | Path) -> list[Path]:
             continue
         for entry in folder.iterdir():
             match = _TEMPORARY.match(entry.name)
-            if match and entry.is_file() and not _alive(int(match.group(1))):
+            if match and entry.is_file() and not process_alive(int(match.group(1))):
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
     if removed:

@@ -109,6 +109,38 @@ def test_thick_slices_command_keeps_image_and_truth_on_one_grid(samples_dir, tmp
     assert thick_slice_grid(grid, 6.0, 0.9, 1.0).shape == flair.shape
 
 
+def test_thick_slices_checks_every_case_before_writing_and_keeps_the_earlier_output(samples_dir, tmp_path, capsys):
+    """A bad case stops thick-slices before it writes; a failed rerun leaves the earlier output whole."""
+    data = tmp_path / "data"
+    for case in ("sample01", "sample02"):
+        shutil.copytree(samples_dir / case, data / case)
+    out = tmp_path / "thick"
+    assert main(["thick-slices", "--data", str(data), "--out", str(out), "--slice-mm", "6"]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.nii.gz")}
+    capsys.readouterr()
+
+    flair = data / "sample02" / "flair.nii.gz"
+    img = nib.load(flair)
+    bad = np.asarray(img.dataobj, np.float32)
+    bad[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(bad, img.affine), flair)
+    assert main(["thick-slices", "--data", str(data), "--out", str(out), "--slice-mm", "3"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR ") and "sample02/flair.nii.gz: contains NaN/Inf" in err and err.count("\n") == 1
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.nii.gz")} == before
+    assert main(["thick-slices", "--data", str(data), "--out", str(tmp_path / "new"), "--slice-mm", "3"]) == 1
+    assert not (tmp_path / "new" / "sample01").exists()  # the good case is not written either
+
+    flair.write_text("not a NIfTI")
+    assert main(["thick-slices", "--data", str(data), "--out", str(out)]) == 1
+    assert "sample02/flair.nii.gz: unreadable NIfTI" in capsys.readouterr().err
+    shutil.rmtree(data / "sample02")
+    assert main(["thick-slices", "--data", str(data), "--out", str(out), "--in-plane-mm", "0.001"]) == 1
+    assert "more than lesionseg writes" in capsys.readouterr().err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.nii.gz")} == before
+    assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
+
+
 @pytest.mark.slow
 def test_a_preprocessing_model_predicts_raw_heads_and_thick_slices_on_their_own_grids(samples_dir, tmp_path):
     """Train with [preprocess] on; infer on skull-on heads (RAS and LAS) and thick slices: outputs on each input grid."""

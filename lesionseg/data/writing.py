@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def replace_folder(new: Path, final: Path) -> Path:
+    """Move the finished folder ``new`` to ``final``, replacing an earlier ``final`` whole; ``final``.
+
+    The earlier folder is renamed aside first and removed only once the new one is in place, so
+    at every moment ``final`` is either the old folder or the new one.
+    """
+    new, final = Path(new), Path(final)
+    aside = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, aside)
+    try:
+        os.replace(new, final)
+    except OSError:
+        if aside.exists() and not final.exists():
+            os.replace(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return final
 
 
 def write_like(
