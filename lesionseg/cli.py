@@ -29,7 +29,7 @@ from lesionseg.config import (
 from lesionseg.data.bids import is_bids
 from lesionseg.errors import LesionsegError
 from lesionseg.logs import setup_logging
-from lesionseg.paths import check_output_file, check_output_folder, remove_stale_temporaries
+from lesionseg.paths import check_output_file, check_output_folder, inside, remove_stale_temporaries
 
 log = logging.getLogger("lesionseg")
 
@@ -262,9 +262,17 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
                    "'<!-- study-answer:end -->' with the table, plot and verdicts")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the errors of the rest of the command line: one line, exit 1."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"ERROR {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lesionseg",
         description="Find small lesions in 3D NIfTI volumes: patches, train, infer, evaluate.",
         epilog=EPILOG,
@@ -483,6 +491,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         raise LesionsegError(f"study: --parallel must be >= 1, got {args.parallel}")
     if args.threads is not None and args.threads < 1:
         raise LesionsegError(f"study: --threads must be >= 1, got {args.threads}")
+    if args.limit is not None and args.limit < 0:
+        raise LesionsegError(f"study: --limit must be >= 0 (cells to run now), got {args.limit}")
     from lesionseg.study.runner import run_study
     from lesionseg.study.summary import write_summary
 
@@ -517,7 +527,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     Also removes the temporaries that a killed earlier run of the command left in its output.
     """
     if args.command == "compare":
-        check_output_file(args.out)
+        _check_compare_outputs(args.out, args.reports)
         return
     if args.command in ("tune", "atlas"):  # write tuning.json / lesion_atlas.nii.gz into the run folder
         check_output_folder(args.model)
@@ -535,7 +545,44 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.command == "infer" and is_bids(args.input) and _inside_derivatives(out, args.input):
         reads = []  # a BIDS dataset's derivatives/ is where its derived outputs belong (pybids skips it)
     check_output_folder(out, [r for r in reads if r is not None])
+    if args.command == "infer":
+        _check_not_in_data_folder_of_case(out, args.input)
     remove_stale_temporaries(out, *(out / sub for sub in _WRITES_UNDER.get(args.command, ())))
+
+
+def _check_compare_outputs(out: Path, reports: list[Path]) -> None:
+    """The comparison CSV and its HTML page beside it: writable, neither one inside a report it reads."""
+    check_output_file(out)
+    page = Path(out).with_suffix(".html")
+    if page == Path(out):
+        raise LesionsegError(f"{out}: --out names the comparison CSV (its HTML page is written beside it); "
+                             f"use e.g. {Path(out).with_suffix('.csv')}")
+    check_output_file(page)
+    for report in reports:
+        for path in (Path(out), page):
+            if Path(report).is_dir() and inside(path, report):
+                raise LesionsegError(f"{path}: inside the report folder {report}, which compare reads; "
+                                     "choose another --out")
+
+
+def _check_not_in_data_folder_of_case(out: Path, case_or_data: Path) -> None:
+    """A single case given as input: predictions may not land in the data folder that holds it.
+
+    Written into that folder's top, ``<case>_prob.nii.gz`` would turn the whole folder into one
+    "case" hiding the others; written into a sub-folder of a folder of several cases, it adds a
+    case that has no channels.
+    """
+    from lesionseg.data.io import NIFTI_SUFFIXES
+
+    case = Path(case_or_data)
+    if not case.is_dir() or not any(p.name.endswith(NIFTI_SUFFIXES) for p in case.iterdir() if p.is_file()):
+        return  # a data folder: check_output_folder has refused an --out inside it already
+    parent = case.resolve().parent
+    siblings = [p for p in parent.iterdir() if p.is_dir()
+                and any(q.name.endswith(NIFTI_SUFFIXES) for q in p.iterdir() if q.is_file())]
+    if Path(out).resolve() == parent or (len(siblings) > 1 and inside(out, parent)):
+        raise LesionsegError(f"{out}: output folder is (inside) {parent}, the data folder of the input case "
+                             f"{case.name}; predictions there would become cases of it; choose another --out")
 
 
 COMMANDS = {

@@ -39,7 +39,7 @@ def test_console_script_runs_without_traceback(tmp_path):
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "seven"])
 def test_numeric_options_refuse_what_is_not_a_finite_number(value, tmp_path, capsys):
-    """Every float option: nan/inf/words stop in the usage line (exit 2), never deep in a stage."""
+    """Every float option: nan/inf/words stop at the command line (one line, exit 1), never deep in a stage."""
     float_options = [("thick-slices", "--in-plane-mm"), ("thick-slices", "--slice-mm"), ("atlas", "--sigma-mm"),
                      ("atlas", "--coverage")]
     for command, option in float_options:
@@ -47,8 +47,9 @@ def test_numeric_options_refuse_what_is_not_a_finite_number(value, tmp_path, cap
                     "atlas": ["--model", str(tmp_path), "--masks", str(tmp_path)]}[command]
         with pytest.raises(SystemExit) as exc:
             build_parser().parse_args([command, *required, option, value])
-        assert exc.value.code == 2
-        assert f"argument {option}" in capsys.readouterr().err
+        assert exc.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"ERROR lesionseg {command}: argument {option}") and err.count("\n") == 1
 
 
 def test_thick_slice_grid_refuses_non_finite_sizes():
@@ -61,3 +62,32 @@ def test_thick_slice_grid_refuses_non_finite_sizes():
     grid = Grid(shape=(10, 10, 10), affine=np.eye(4), zooms=(1.0, 1.0, 1.0))
     with pytest.raises(LesionsegError, match="need slice_mm > 0"):
         thick_slice_grid(grid, slice_mm=7.0, in_plane_mm=float("nan"))
+
+
+def test_compare_never_writes_into_a_report_it_reads(tmp_path, capsys):
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.csv").write_text("keep\n")
+    for out, problem in ((report / "summary.csv", "inside the report folder"),
+                         (report / "cmp.csv", "inside the report folder"),
+                         (tmp_path / "cmp.html", "names the comparison CSV")):
+        assert main(["compare", str(report), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert problem in err and err.count("\n") == 1
+    (tmp_path / "x.html").mkdir()  # the HTML page beside x.csv cannot be written
+    assert main(["compare", str(report), "--out", str(tmp_path / "x.csv")]) == 1
+    assert "x.html: is a folder" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    assert (report / "summary.csv").read_text() == "keep\n"
+
+
+def test_infer_refuses_the_data_folder_of_a_single_case(samples_dir, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(samples_dir, data)
+    case = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    for out in (data, data / "preds"):
+        assert main(["infer", "--model", str(tmp_path / "no_run"), "--input", str(case), "--out", str(out)]) == 1
+        assert "the data folder of the input case" in capsys.readouterr().err
+    assert not (data / "preds").exists()
+    assert main(["check", str(data)]) == 0
