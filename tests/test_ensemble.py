@@ -95,6 +95,17 @@ def test_too_few_repeated_or_untrained_runs_are_refused(tmp_path, capsys, runs):
     assert not (tmp_path / "ens").exists()
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_member_whose_model_cannot_load_is_refused_before_anything_is_written(two_runs, tmp_path, capsys, damage):
+    a, b = two_runs
+    model = b / "model.keras"
+    model.write_bytes(b"" if damage == "empty" else model.read_bytes()[:100])
+    assert main(["ensemble", "--runs", str(a), str(b), "--out", str(tmp_path / "ens")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ERROR {model}: cannot load model") and err.count("\n") == 1
+    assert not (tmp_path / "ens").exists()
+
+
 def test_a_changed_member_stops_infer_before_any_output(two_runs, tmp_path, capsys):
     a, b = two_runs
     data = tmp_path / "data"

@@ -32,6 +32,7 @@ from pathlib import Path
 from lesionseg.config import Config, config_to_dict, load_config
 from lesionseg.errors import LesionsegError
 from lesionseg.provenance import file_sha256
+from lesionseg.training.checkpoint import check_model_file
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ def check_members(run_dir: str | Path) -> list[Path]:
 def _member_config(run: Path) -> Config:
     if not (run / MODEL_FILE).is_file():
         raise LesionsegError(f"{run / MODEL_FILE}: missing; ensemble members are trained run folders")
+    check_model_file(run / MODEL_FILE)
     if not (run / CONFIG_FILE).is_file():
         raise LesionsegError(f"{run / CONFIG_FILE}: missing; is {run} a lesionseg run folder?")
     if is_ensemble(run):

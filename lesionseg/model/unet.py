@@ -203,13 +203,9 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
     LesionsegError
         Missing or unreadable file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LesionsegError(f"{path}: model file not found")
-    if path.stat().st_size == 0:
-        raise LesionsegError(f"{path}: cannot load model (empty file, 0 bytes)")
-    if not zipfile.is_zipfile(path):
-        raise LesionsegError(f"{path}: cannot load model (corrupt or truncated: not a complete .keras archive)")
+    from lesionseg.training.checkpoint import check_model_file
+
+    path = check_model_file(path)
     try:
         return keras.saving.load_model(path, compile=compile)
     except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as exc:

@@ -121,6 +121,29 @@ class RunState:
             setattr(self, key, value)
 
 
+
+def check_model_file(path: str | Path) -> Path:
+    """A saved ``.keras`` model that can be opened: present, readable, non-empty, a complete archive.
+
+    Raises
+    ------
+    LesionsegError
+        One line naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LesionsegError(f"{path}: model file not found")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(4)
+    except OSError as exc:
+        raise LesionsegError(f"{path}: cannot read the model file ({exc.strerror or type(exc).__name__})") from None
+    if path.stat().st_size == 0:
+        raise LesionsegError(f"{path}: cannot load model (empty file, 0 bytes)")
+    if not zipfile.is_zipfile(path):
+        raise LesionsegError(f"{path}: cannot load model (corrupt or truncated: not a complete .keras archive)")
+    return path
+
 def save_checkpoint(model: Any, state: RunState, ckpt_dir: Path) -> None:
     """Write the last-epoch checkpoint: weights + optimizer variables, then state.json."""
     from keras import ops  # here, not at the top: train.py imports this module before the backend starts
