@@ -200,6 +200,24 @@ def test_infer_refuses_an_exam_off_the_atlas_grid_before_writing(run_with_false_
     assert "lesionseg atlas" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", [b"", b"not a NIfTI", "truncated"])
+def test_atlas_and_tune_name_a_damaged_file_in_one_line_before_any_work(run_with_false_blob, damage, capsys):
+    run, data, masks = run_with_false_blob
+    bad = masks / "patient01_lesion_mask.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:60] if damage == "truncated" else damage)
+    assert main(["-q", "atlas", "--model", str(run), "--masks", str(masks)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR ") and "patient01_lesion_mask.nii.gz:" in err and err.count("\n") == 1
+    assert load_atlas(run) is None
+
+    flair = data / "c2" / "flair.nii.gz"
+    flair.write_bytes(flair.read_bytes()[:60] if damage == "truncated" else damage)
+    assert main(["-q", "tune", "--model", str(run), "--data", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR ") and "c2/flair.nii.gz:" in err and err.count("\n") == 1
+    assert not (run / "tuning.json").exists()
+
+
 def test_atlas_command_errors_are_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

@@ -147,7 +147,7 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for corrupt files
-        reason = _short(exc).replace(f'"{path}"', "").replace(str(path), "").strip()
+        reason = " ".join(_short(exc).replace(str(path), path.name).replace(str(path.resolve()), path.name).split())
         raise DataError(f"{display_path(path)}: unreadable NIfTI ({reason})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DataError(f"{display_path(path)}: not a NIfTI image")

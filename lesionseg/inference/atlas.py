@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from lesionseg.data import writing
+from lesionseg.data import io, writing
 from lesionseg.data.labels import component_sizes
 from lesionseg.errors import LesionsegError
 
@@ -142,15 +142,12 @@ def build_atlas(mask_paths: Sequence[Path], sigma_mm: float = 2.0) -> LesionAtla
     total: np.ndarray | None = None
     affine = None
     for path in mask_paths:
-        img = nib.load(str(path))
-        if len(img.shape) != 3:
-            raise LesionsegError(f"{path}: not a 3D mask (shape {img.shape})")
-        mask = np.asarray(img.dataobj) != 0
+        mask, img = io.read_mask(path, "positive")  # one-line errors: unreadable, truncated, not 3D, NaN
         if total is None:
             total, affine = mask.astype(np.float32), img.affine
         else:
             ref = LesionAtlas(total, affine)
-            check_same_grid(ref, img.shape, img.affine, str(path))
+            check_same_grid(ref, mask.shape, img.affine, str(path))
             total += mask
     assert total is not None and affine is not None
     total /= len(mask_paths)
@@ -203,8 +200,9 @@ def calibrate_cut_off(mask_paths: Sequence[Path], sigma_mm: float, coverage: flo
         raise LesionsegError(f"lesion atlas: coverage must be in (0, 1], got {coverage}")
     if len(mask_paths) < 2:
         raise LesionsegError("lesion atlas: calibrating the cut-off needs at least 2 masks")
-    masks = [np.asarray(nib.load(str(p)).dataobj) != 0 for p in mask_paths]
-    zooms = np.sqrt((np.asarray(nib.load(str(mask_paths[0])).affine)[:3, :3] ** 2).sum(axis=0))
+    read = [io.read_mask(p, "positive") for p in mask_paths]
+    masks = [m.astype(bool) for m, _ in read]
+    zooms = np.sqrt((np.asarray(read[0][1].affine)[:3, :3] ** 2).sum(axis=0))
     sigma = [sigma_mm / z for z in zooms] if sigma_mm > 0 else None
 
     def smooth(a: np.ndarray) -> np.ndarray:

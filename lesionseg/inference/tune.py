@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -34,6 +33,7 @@ from lesionseg.errors import LesionsegError
 from lesionseg.evaluation.lesions import evaluate_case
 from lesionseg.evaluation.scoring import CaseCounts, over_segmented, pool_counts, selection_key
 from lesionseg.inference.atlas import LesionAtlas, check_same_grid, component_atlas_max, load_atlas
+from lesionseg.data.check import require_readable
 from lesionseg.inference.infer import case_probability, check_channels
 from lesionseg.inference.postprocess import TUNING_FILE, decide
 from lesionseg.inference.predictor import Predictor
@@ -337,6 +337,7 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
     check_channels(case_dirs, config.data.channels, run_dir)
     for case_dir in case_dirs:  # tuning scores every case: each needs its mask, known before any prediction
         io.require_file(case_dir, config.data.mask, "mask")
+    require_readable(case_dirs, config.data, with_mask=True)  # every exam sound before the model loads
     ts, ms = _check_grid(config.infer.tune_thresholds, config.infer.tune_min_sizes_mm3)
     atlas = load_atlas(run_dir)
     if atlas is not None and not config.infer.tune_min_atlas:
@@ -347,8 +348,8 @@ def tune_run(run_dir: Path, config: Config, data_dir: Path) -> TuningResult:
     if atlas is not None:
         for case_dir in case_dirs:  # every exam on the atlas's grid, before any prediction
             path = io.find_file(case_dir, config.data.channels[0])
-            img = nib.load(str(path))
-            check_same_grid(atlas, img.shape, img.affine, f"{case_dir.name}/{Path(str(path)).name}")
+            img = io.load_nifti(path)
+            check_same_grid(atlas, img.shape[:3], img.affine, f"{case_dir.name}/{Path(str(path)).name}")
         log.info("lesion atlas %s: cut-offs %s tried as well", atlas.path, ", ".join(f"{a:g}" for a in avs))
     configure_backend(0)
     predictor = Predictor.from_run(run_dir, config)
