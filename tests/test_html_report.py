@@ -116,6 +116,29 @@ def test_report_command_rebuilds_the_page(tmp_path, capsys):
     assert "is " + str(tmp_path) + " a report of lesionseg evaluate?" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", ["summary header only", "cases empty", "cases no TP", "volume file garbage"])
+def test_report_names_a_damaged_file_and_keeps_the_page(tmp_path, capsys, damage):
+    data, pred = _labelled(tmp_path)
+    report = tmp_path / "report"
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(data), "--out", str(report)]) == 0
+    page = (report / "report.html").read_bytes()
+    target = {"summary header only": report / "summary.csv", "cases empty": report / "cases.csv",
+              "cases no TP": report / "cases.csv", "volume file garbage": report / FILES_DIR / "c1.js"}[damage]
+    if damage == "summary header only":
+        target.write_text(target.read_text().splitlines()[0] + "\n")
+    elif damage == "cases empty":
+        target.write_text("")
+    elif damage == "cases no TP":
+        pd.read_csv(target).drop(columns="TP").to_csv(target, index=False)
+    else:
+        target.write_text("garbage")
+    capsys.readouterr()
+    assert main(["report", str(report)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ERROR {target}: ") and err.count("\n") == 1
+    assert (report / "report.html").read_bytes() == page
+
+
 @pytest.mark.slow
 def test_report_in_headless_chromium(samples_dir, tmp_path):
     """The demo's report opened from disk: no console error, a drawn WebGL canvas, a row click moves the crosshair."""

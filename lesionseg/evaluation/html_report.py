@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from lesionseg.data.writing import atomic_path
+from lesionseg.errors import LesionsegError
 
 log = logging.getLogger(__name__)
 
@@ -186,31 +187,60 @@ def _fmt(x: object) -> str:
     return f"{int(v)}" if v == int(v) and abs(v) >= 1 else f"{v:.3f}"
 
 
+CASE_COLUMNS = ("case", "GT", "TP", "FP", "FN", "lesion_f1", "dice")
+LESION_COLUMNS = ("case", "source", "lesion_id", "volume_mm3", "status", "centroid_i", "centroid_j", "centroid_k")
+
+
+def read_report_table(path: Path, columns: tuple[str, ...], allow_empty: bool = False) -> pd.DataFrame:
+    """One CSV of a report, with the columns the page needs; a one-line error naming it otherwise."""
+    hint = "rerun lesionseg evaluate to rewrite the report"
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LesionsegError(f"{path}: not a readable report table ({reason}); {hint}") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise LesionsegError(f"{path}: no column {', '.join(missing)}; {hint}")
+    if table.empty and not allow_empty:
+        raise LesionsegError(f"{path}: no row; {hint}")
+    return table
+
+
+def _read_case_file(path: Path) -> tuple[list, np.ndarray]:
+    """The voxel offset and world affine stored in a case's volume file of the report."""
+    try:
+        payload = json.loads(path.read_text().split("] = ", 1)[1].rstrip().rstrip(";"))
+        img = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(payload["status"])))
+        offset = list(payload["offset"])
+        shift = np.eye(4)
+        shift[:3, 3] = np.asarray(offset, float)
+    except Exception as exc:  # a damaged file fails in json, base64, gzip or nibabel, each its own way
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LesionsegError(f"{path}: not a report volume file ({reason[:120]}); rerun lesionseg evaluate") from None
+    return offset, img.affine @ np.linalg.inv(shift)
+
+
 def build_report(report_dir: Path) -> Path:
     """Write ``REPORT/report.html`` from the report's CSVs and case files; its path.
 
     Raises
     ------
-    FileNotFoundError
-        The folder lacks ``summary.csv``/``cases.csv``/``lesions.csv`` (not a report).
+    LesionsegError
+        A table of the report unreadable, empty or without the columns the page shows, or a
+        damaged volume file (one line naming it).
     """
     report_dir = Path(report_dir)
-    summary = pd.read_csv(report_dir / "summary.csv").iloc[0]
-    cases = pd.read_csv(report_dir / "cases.csv")
-    lesions = pd.read_csv(report_dir / "lesions.csv")
+    summary = read_report_table(report_dir / "summary.csv", ("GT", "TP", "FP", "FN")).iloc[0]
+    cases = read_report_table(report_dir / "cases.csv", CASE_COLUMNS, allow_empty=True)
+    lesions = read_report_table(report_dir / "lesions.csv", LESION_COLUMNS, allow_empty=True)
     files = report_dir / FILES_DIR
     offsets, affines, sizes = {}, {}, {}
     for case in cases.case.astype(str):
         data_file = files / f"{case}.js"
         if data_file.is_file():
             sizes[case] = data_file.stat().st_size
-            text = data_file.read_text()
-            payload = json.loads(text.split("] = ", 1)[1].rstrip().rstrip(";"))
-            offsets[case] = payload["offset"]
-            img = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(payload["status"])))
-            shift = np.eye(4)
-            shift[:3, 3] = payload["offset"]
-            affines[case] = img.affine @ np.linalg.inv(shift)
+            offsets[case], affines[case] = _read_case_file(data_file)
     viewer = niivue_available()
     if viewer:
         files.mkdir(parents=True, exist_ok=True)
