@@ -184,6 +184,50 @@ def test_study_errors_are_one_line(samples_dir, tmp_path, capsys):
     assert main(["study", "--config", str(tmp_path / "none.toml"), "--data", str(samples_dir),
                  "--out", str(tmp_path / "o"), "--threads", "0"]) == 1
     assert "--threads must be >= 1" in capsys.readouterr().err
+    assert main(["study", "--config", str(tmp_path / "none.toml"), "--data", str(samples_dir),
+                 "--out", str(tmp_path / "o"), "--limit", "-1"]) == 1
+    assert "--limit must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, problem", [("", "empty file"),
+                                              ("cell,variant,loss\nx,default,dice\n", "no column head, seed"),
+                                              ("\x00\xff\xfe", "")])
+def test_summary_of_a_damaged_results_table_is_one_line_and_writes_nothing(tmp_path, capsys, content, problem):
+    study = tmp_path / "s"
+    study.mkdir()
+    (study / "results.csv").write_bytes(content.encode("latin-1"))
+    assert main(["study", "--summarize", "--out", str(study)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ERROR {study / 'results.csv'}: ") and problem in err and err.count("\n") == 1
+    assert sorted(p.name for p in study.iterdir()) == ["results.csv"]
+
+
+def test_a_bad_exam_stops_the_study_before_any_cell(samples_dir, tmp_path, capsys):
+    import shutil
+
+    import nibabel as nib
+
+    data = tmp_path / "data"
+    shutil.copytree(samples_dir, data)
+    flair = data / "sample03" / "flair.nii.gz"
+    img = nib.load(flair)
+    bad = np.asarray(img.dataobj, np.float32)
+    bad[1, 1, 1] = np.inf
+    nib.save(nib.Nifti1Image(bad, img.affine), flair)
+    study = write_study(tmp_path / "s.toml", '"loss.name" = ["dice"]')
+    assert main(["study", "--config", str(study), "--data", str(data), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "sample03/flair.nii.gz: contains NaN/Inf" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "o" / "cells").exists() and not (tmp_path / "o" / "results.csv").exists()
+
+
+def test_a_failed_cell_says_why_in_the_runner_log(tmp_path):
+    from lesionseg.study.runner import last_error
+
+    log = tmp_path / "cell.log"
+    log.write_text("$ lesionseg train ...\n01:02:03 INFO    epoch 1\nERROR data/c1/flair.nii.gz: truncated\n")
+    assert last_error(log) == "data/c1/flair.nii.gz: truncated"
+    assert last_error(tmp_path / "missing.log") == ""
 
 
 def test_a_study_file_inside_its_own_output_folder(samples_dir, tmp_path):

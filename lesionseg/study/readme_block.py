@@ -48,10 +48,17 @@ def block_span(text: str, begin: str, document: Path) -> tuple[int, int]:
 
 def check_document(document: Path, out: Path) -> None:
     """Fail before any work when ``document`` is unreadable or lacks the study's block."""
+    from lesionseg.paths import check_output_file
+
     document = Path(document)
     if not document.is_file():
         raise LesionsegError(f"{document}: no such document to put the study's answer in")
-    block_span(document.read_text(), begin_marker(document, out), document)
+    try:
+        text = document.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LesionsegError(f"{document}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    block_span(text, begin_marker(document, out), document)
+    check_output_file(document)  # its folder must take the atomic rewrite
 
 
 def answer_block(table: pd.DataFrame, results: pd.DataFrame, terms: pd.DataFrame | None, document: Path,

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from lesionseg.config import save_config
+from lesionseg.data import io
 from lesionseg.errors import LesionsegError
 from lesionseg.study.grid import Cell, Fold, Study, plan_study
 
@@ -51,6 +53,16 @@ TRAINED_MARK = "trained"
 
 class CellFailed(Exception):
     """A step of a cell exited non-zero (its log says why)."""
+
+
+def last_error(log_file: Path) -> str:
+    """The last ``ERROR ...`` line a step wrote to a cell's log (without the prefix), or ``""``."""
+    try:
+        lines = Path(log_file).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line.split("ERROR", 1)[1].strip() for line in lines if "ERROR" in line]
+    return errors[-1] if errors else ""
 
 
 def result_columns(study: Study) -> list[str]:
@@ -111,7 +123,9 @@ class CellRunner:
             sink.flush()
             proc = subprocess.run(_command(*args), stdout=sink, stderr=subprocess.STDOUT, env=env)
         if proc.returncode != 0:
-            raise CellFailed(f"`lesionseg {args[0]}` exited {proc.returncode} (see {self.dir / 'cell.log'})")
+            reason = last_error(self.dir / "cell.log")
+            raise CellFailed(f"`lesionseg {args[0]}` exited {proc.returncode}{': ' + reason if reason else ''} "
+                             f"(see {self.dir / 'cell.log'})")
 
     def train(self) -> float:
         """Train (or resume, or keep a finished training); seconds spent now."""
@@ -188,6 +202,25 @@ def cell_row(cell: Cell) -> dict[str, Any]:
     return {"loss": c.loss.name, "head": c.model.head, "seed": c.train.seed, **cell.row()}
 
 
+def check_data(data_dir: Path, cells: Sequence[Cell]) -> None:
+    """Read every case as the pending cells will (channels and mask), before any cell starts.
+
+    A bad exam would otherwise fail every cell that trains on it, each only in its own log.
+    """
+    from lesionseg.data.check import require_readable
+
+    cases = io.list_cases(data_dir)
+    seen = set()
+    for cell in cells:
+        data = cell.config.data
+        key = (tuple(data.channels), data.mask, data.mask_values, data.affine_tolerance)
+        if key not in seen:
+            seen.add(key)
+            log.info("checking the %d case(s) of %s (%s) before any cell starts", len(cases), data_dir,
+                     ", ".join(data.channels))
+            require_readable(cases, data, with_mask=True)
+
+
 def run_study(study_file: Path, data_dir: Path, out: Path, parallel: int | None = None,
               limit: int | None = None, threads: int | None = None) -> Path:
     """The ``lesionseg study`` command: run every unfinished cell, append its rows to ``results.csv``.
@@ -238,6 +271,7 @@ def run_study(study_file: Path, data_dir: Path, out: Path, parallel: int | None 
              len(pending), workers, threads)
     if not pending:
         return results
+    check_data(data_dir, pending)
     fold_dirs = {f.name: link_fold(out, f, data_dir) for f in study.folds}
     if not results.is_file() or results.stat().st_size == 0:
         with open(results, "w", newline="") as fh:

@@ -26,14 +26,31 @@ NOT_GROUPS = {"cell", "seed", "fold", "GT", "TP", "FP", "FN", "lesion_precision"
               "cell_seconds"}
 
 
+#: Columns the summary, the terms and the verdicts read (``lesionseg study`` writes them all).
+NEEDED = ("cell", "variant", "loss", "head", "seed", "fold", "GT", "TP", "FP", "FN", "lesion_precision",
+          "lesion_recall", "lesion_f1", "dice", "pred_volume_ml", "truth_volume_ml", "diagnostics")
+
+
 def load_results(path: Path) -> pd.DataFrame:
-    """``results.csv`` (one-line error when missing or empty)."""
+    """``results.csv``; a one-line error when it is missing, unreadable, empty or lacks a needed column."""
     path = Path(path)
     if not path.is_file():
         raise LesionsegError(f"{path}: no study results (run `lesionseg study` first)")
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise LesionsegError(f"{path}: empty file, no header and no finished cell") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LesionsegError(f"{path}: not a readable results table ({first})") from None
+    missing = [c for c in NEEDED if c not in df.columns]
+    if missing:
+        raise LesionsegError(f"{path}: no column {', '.join(missing)}; is it a results.csv of lesionseg study?")
     if df.empty:
         raise LesionsegError(f"{path}: no finished cell yet")
+    for column in ("GT", "TP", "FP", "FN", "lesion_f1", "dice"):
+        if not pd.api.types.is_numeric_dtype(df[column]):
+            raise LesionsegError(f"{path}: column {column} holds values that are not numbers")
     return df
 
 
