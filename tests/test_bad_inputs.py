@@ -214,6 +214,64 @@ def _truncate_checkpoint(w: Path) -> None:
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
 
 
+def _with_file_and(name: str, content: bytes, extra: list[str]) -> Callable[[Path, Path], list[str]]:
+    def build(base: Path, w: Path) -> list[str]:
+        return [*_with_file(name, content)(base, w), *extra]
+    return build
+
+
+def _run_config(text: str) -> Callable[[Path, Path], list[str]]:
+    """infer with a run whose stored config.yaml was cut down to ``text``."""
+    def build(base: Path, w: Path) -> list[str]:
+        _copy(base, w, "data", "run")
+        (w / "run" / "config.yaml").write_text(text)
+        return ["infer", "--model", str(w / "run"), "--input", str(w / "data"), "--out", str(w / "P")]
+    return build
+
+
+def _state_json(text: str) -> Callable[[Path], None]:
+    def change(w: Path) -> None:
+        (w / "X" / "checkpoint" / "state.json").write_text(text)
+    return change
+
+
+def _damage_history(w: Path) -> None:
+    path = w / "X" / "history.csv"
+    lines = path.read_text().splitlines()
+    lines[1] = "x," + lines[1].split(",", 1)[1]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _config_inside_out(base: Path, w: Path) -> list[str]:
+    from lesionseg.config import load_config
+
+    _copy(base, w, "data")
+    save_config(load_config(SMOKE), w / "X" / "config.yaml")
+    return ["train", "--config", str(w / "X" / "config.yaml"), "--data", str(w / "data"), "--out", str(w / "X")]
+
+
+def _patches_into_run(base: Path, w: Path) -> list[str]:
+    _copy(base, w, "data")
+    shutil.copytree(base / "trained", w / "X")
+    return ["patches", "--config", str(SMOKE), "--data", str(w / "data"), "--out", str(w / "X"),
+            "--set", "data.normalization=minmax"]
+
+
+def _thick_slices_on(change: Callable[[Path], None]) -> Callable[[Path, Path], list[str]]:
+    def build(base: Path, w: Path) -> list[str]:
+        _copy(base, w, "data")
+        change(w / "data" / "caseB")
+        return ["thick-slices", "--data", str(w / "data"), "--out", str(w / "T")]
+    return build
+
+
+def _check_channels(channels: str) -> Callable[[Path, Path], list[str]]:
+    def build(base: Path, w: Path) -> list[str]:
+        _copy(base, w, "data")
+        return ["check", str(w / "data"), "--channels", channels]
+    return build
+
+
 _RUN_FILES = ("X/model.keras", "X/config.yaml", "X/history.csv", "X/split.csv", "X/checkpoint/state.json")
 
 KINDS: dict[str, Kind] = {
@@ -229,6 +287,20 @@ KINDS: dict[str, Kind] = {
     "unknown key": Kind(_train(["--set", "train.epochz=3"]), r"unknown key\(s\) epochz", ("X",)),
     "binary config file": Kind(_with_file("c.yaml", bytes(range(256))), r"c\.yaml: not a text file", ("X",)),
     "config is a YAML list": Kind(_with_file("c.yaml", b"- a\n- b\n"), r"c\.yaml: a config is a table", ("X",)),
+    "epochs infinite": Kind(_train(["--set", "train.epochs=.inf"]), r"config train\.epochs: expected an integer",
+                            ("X",)),
+    "seed beyond the backends' range": Kind(_train(["--set", "train.seed=4294967296"]), r"config train\.seed",
+                                            ("X",)),
+    "patch size 4096": Kind(_train(["--set", "patches.size=[4096,4096,4096]"]), r"config patches\.size", ("X",)),
+    "working voxels 0.01 mm": Kind(_train(["--set", "preprocess.spacing=[0.01,0.01,0.01]"]),
+                                   r"config preprocess\.spacing", ("X",)),
+    "--set into a single value": Kind(_train(["--set", "train.epochs.x=1"]), r"train\.epochs is a single value",
+                                      ("X",)),
+    "a section that is a number": Kind(_with_file_and("c.toml", b"train = 5\n", ["--set", "train.epochs=1"]),
+                                       r"\[train\] of the config is 5", ("X",)),
+    "a YAML key that is a number": Kind(_with_file("c.yaml", b"1: {}\n"), r"unknown section\(s\) 1", ("X",)),
+    "mask name as a channel (check)": Kind(_check_channels("flair,lesion_mask"), r"config data\.mask"),
+    "a channel twice (check)": Kind(_check_channels("flair,flair"), r"config data\.channels"),
     # data: the same checks as `lesionseg check`, before a case is used
     "blank FLAIR (infer)": Kind(_infer_on(_blank), r"caseB/flair\.nii\.gz: constant image", ("P",)),
     "blank FLAIR (train)": Kind(_train_on(_blank), r"caseB/flair\.nii\.gz: constant image", ("X",)),
@@ -243,6 +315,10 @@ KINDS: dict[str, Kind] = {
     "truncated model.keras": Kind(_model_bytes(lambda b: b[: len(b) // 2]),
                                   r"model\.keras: cannot load model \(corrupt or truncated", ("P",)),
     "run without config.yaml": Kind(_no_config, r"config\.yaml: missing", ("P",)),
+    "run config.yaml empty": Kind(_run_config(""), r"run/config\.yaml: no \[data\] and no \[model\] section",
+                                  ("P",)),
+    "run config.yaml without [data]": Kind(_run_config("model:\n  depth: 2\n  base_filters: 4\n"),
+                                           r"run/config\.yaml: no \[data\] section", ("P",)),
     # an earlier run is never lost
     "train into an earlier run": Kind(_earlier_run([]), r"X: holds an earlier run .*--overwrite", (".X.attempt",),
                                       _RUN_FILES),
@@ -251,6 +327,17 @@ KINDS: dict[str, Kind] = {
                                        _RUN_FILES),
     "--resume, truncated checkpoint": Kind(_earlier_run(["--resume", "--set", "train.epochs=2"], _truncate_checkpoint),
                                            r"checkpoint: unreadable checkpoint", (), _RUN_FILES[:4]),
+    "--resume, state.json a list": Kind(_earlier_run(["--resume", "--set", "train.epochs=2"], _state_json("[]")),
+                                        r"checkpoint: unreadable checkpoint", (), _RUN_FILES[:4]),
+    "--resume, epoch not a number": Kind(_earlier_run(["--resume", "--set", "train.epochs=2"],
+                                                      _state_json('{"epoch": "six"}')),
+                                         r"checkpoint: unreadable checkpoint .*epoch", (), _RUN_FILES[:4]),
+    "--resume, history.csv damaged": Kind(_earlier_run(["--resume", "--set", "train.epochs=2"], _damage_history),
+                                          r"history\.csv: unreadable", (), _RUN_FILES[:4]),
+    "train --config inside its own --out": Kind(_config_inside_out, r"X/config\.yaml: the run writes its own",
+                                                ("X/model.keras",), ("X/config.yaml",)),
+    "patches into a trained run": Kind(_patches_into_run, r"X: holds a trained run", ("X/index.csv",), _RUN_FILES),
+    "thick-slices on a NaN exam": Kind(_thick_slices_on(_nan), r"caseB/t1\.nii\.gz: contains NaN", ("T/caseA",)),
     # outputs: checked before any work
     "infer --out is a file": Kind(_out_is_file("infer"), r"O: output folder is an existing file", intact=("O",)),
     "train --out is a file": Kind(_out_is_file("train"), r"O: output folder is an existing file", intact=("O",)),
@@ -300,7 +387,7 @@ def test_bad_input_is_one_line_and_leaves_no_trace(name, base, tmp_path, capsys)
 
 def test_catalogue_size():
     """The README states how many kinds the catalogue holds; keep them in step."""
-    assert len(KINDS) >= 32
+    assert len(KINDS) >= 49
 
 
 def test_mixed_predictions_are_scored_when_asked(base, tmp_path):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -21,6 +23,26 @@ import yaml
 from lesionseg.config.sections import Config
 from lesionseg.data.writing import atomic_path
 from lesionseg.errors import LesionsegError
+
+_EXPONENT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def load_run_config(path: str | Path) -> Config:
+    """A run's stored ``config.yaml``: complete as ``train`` wrote it, every error naming the file.
+
+    A stored config without its ``data`` or ``model`` section would silently take the defaults
+    (other channels, another normalisation) and predict with settings the model was not trained on.
+    """
+    path = Path(path)
+    raw = _read_file(path)
+    missing = [name for name in ("data", "model") if not isinstance(raw.get(name), dict) or not raw[name]]
+    if missing:
+        raise LesionsegError(f"{path}: no {' and no '.join(f'[{m}]' for m in missing)} section; a run's config "
+                             "is the complete one train wrote (restore it, or train again)")
+    try:
+        return config_from_dict(raw)
+    except LesionsegError as exc:
+        raise LesionsegError(f"{path}: {exc}") from None
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -74,6 +96,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise LesionsegError(f"config {where}: expected true/false, got {value!r}")
         return value
     if hint is int:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LesionsegError(f"config {where}: expected an integer, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise LesionsegError(f"config {where}: expected an integer, got {value!r}")
         return int(value)
@@ -83,10 +107,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LesionsegError(f"config {where}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise LesionsegError(f"config {where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
+        if isinstance(value, (bool, list, tuple, dict)):
+            raise LesionsegError(f"config {where}: expected a text value, got {value!r}")
         return str(value)
     return value
 
@@ -97,7 +123,7 @@ def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     unknown = set(values) - names
     if unknown:
         raise LesionsegError(
-            f"config [{section}]: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"config [{section}]: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
             f"known: {', '.join(sorted(names))}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
@@ -110,7 +136,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     unknown = set(raw) - set(hints)
     if unknown:
         raise LesionsegError(
-            f"config: unknown section(s) {', '.join(sorted(unknown))}; "
+            f"config: unknown section(s) {', '.join(sorted(map(str, unknown)))}; "
             f"known: {', '.join(hints)}"
         )
     sections = {}
@@ -132,6 +158,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = yaml.safe_load(raw_value) if raw_value.strip() else ""
     except yaml.YAMLError:
         value = raw_value
+    if isinstance(value, str) and _EXPONENT.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-6 (no dot) as text, also inside tables such as loss.params
     return section, key, value
 
 
@@ -187,10 +215,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     raw = {k: {**v} if isinstance(v, dict) else v for k, v in raw.items()}
     for text in overrides:
         section, key, value = parse_override(text)
-        table = raw.setdefault(section, {})
+        if raw.get(section) is None:
+            raw[section] = {}
+        table = raw[section]
+        if not isinstance(table, dict):
+            raise LesionsegError(f"--set {text}: [{section}] of the config is {table!r}, not a table of keys")
         if "." in key:  # e.g. loss.params.delta=0.6
             key, sub = key.split(".", 1)
-            table[key] = {**(table.get(key) or {}), sub: value}
+            inner = table.get(key)
+            if inner is not None and not isinstance(inner, dict):
+                raise LesionsegError(f"--set {text}: {section}.{key} is a single value ({inner!r}), not a table")
+            table[key] = {**(inner or {}), sub: value}
         else:
             table[key] = value
     return raw

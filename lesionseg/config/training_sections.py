@@ -36,6 +36,13 @@ from lesionseg.config.vocabulary import (
 from lesionseg.errors import LesionsegError
 from lesionseg.model.loss_spec import check_loss_name, check_loss_params
 
+MAX_SEED = 2**31 - 1
+"""Largest seed: every backend and NumPy accept it."""
+MAX_PATCH_SIDE, MAX_PATCH_VOXELS = 512, 2**25
+"""Largest patch / window: 512 a side, 32 M voxels (a 320³ window)."""
+MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 20.0
+"""The working voxel sizes preprocessing may resample to."""
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -128,8 +135,9 @@ class PreprocessConfig:
             require(isinstance(getattr(self, key), bool), f"preprocess.{key}", "true or false", getattr(self, key))
         if self.spacing is not None:
             spacing = tuple(self.spacing)
-            require(len(spacing) == 3 and all(is_number(v) and v > 0 for v in spacing), "preprocess.spacing",
-                    "3 voxel sizes in mm > 0 (or absent)", spacing)
+            require(len(spacing) == 3 and all(is_number(v) and MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in spacing),
+                    "preprocess.spacing", f"3 voxel sizes in mm, {MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} (or absent)",
+                    spacing)
 
 
 @dataclass(frozen=True)
@@ -212,6 +220,9 @@ class PatchConfig:
         size = tuple(self.size)
         require(len(size) == 3 and all(isinstance(n, int) and n >= 1 for n in size),
                 "patches.size", "3 positive integers", size)
+        require(max(size) <= MAX_PATCH_SIDE and size[0] * size[1] * size[2] <= MAX_PATCH_VOXELS, "patches.size",
+                f"at most {MAX_PATCH_SIDE} voxels a side and {MAX_PATCH_VOXELS // 2**20} M in all "
+                "(a patch is held in memory several times per batch)", size)
         fractions = (self.lesion_fraction, self.foreground_fraction, self.random_fraction, self.hard_fraction)
         for name, value in zip(("lesion", "foreground", "random", "hard"), fractions):
             at_least(f"patches.{name}_fraction", value, 0.0)
@@ -233,6 +244,7 @@ class PatchConfig:
         one_of("patches.connectivity", self.connectivity, CONNECTIVITIES)
         at_least("patches.n_patches", self.n_patches, 1)
         at_least("patches.seed", self.seed, 0)
+        require(self.seed <= MAX_SEED, "patches.seed", f"<= {MAX_SEED}", self.seed)
 
 
 @dataclass(frozen=True)
@@ -502,6 +514,7 @@ class TrainConfig:
             at_least(f"train.{key}", getattr(self, key), 1)
         for key in ("early_stopping_patience", "seed", "threads", "min_learning_rate"):
             at_least(f"train.{key}", getattr(self, key), 0)
+        require(self.seed <= MAX_SEED, "train.seed", f"<= {MAX_SEED} (the backends' seed range)", self.seed)
         require(is_number(self.learning_rate) and self.learning_rate > 0, "train.learning_rate", "> 0",
                 self.learning_rate)
         require(is_number(self.plateau_factor) and 0 < self.plateau_factor < 1, "train.plateau_factor",
