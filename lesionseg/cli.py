@@ -13,7 +13,9 @@ import importlib.util
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from lesionseg.config import (
     config_to_dict,
     load_config,
 )
+from lesionseg.config.loading import load_run_config
 from lesionseg.data.bids import is_bids
 from lesionseg.errors import LesionsegError
 from lesionseg.logs import setup_logging
@@ -307,7 +310,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from lesionseg.data.check import check_dataset
 
     cfg = _config(args)
-    channels = [c.strip() for c in args.channels.split(",")] if args.channels else list(cfg.data.channels)
+    if args.channels is not None:  # --channels a,b: the checks of data.channels (distinct, named, not the mask)
+        cfg = replace(cfg, data=replace(cfg.data, channels=tuple(c.strip() for c in args.channels.split(","))))
+    channels = list(cfg.data.channels)
     report = check_dataset(
         args.data,
         channels,
@@ -335,7 +340,18 @@ def cmd_patches(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_config_outside_run(config: Path | None, out: Path) -> None:
+    """A new run writes ``RUN/config.yaml`` (and the other run files): never over the user's own config."""
+    from lesionseg.training.checkpoint import RUN_FILES
+
+    if config is not None and any(Path(config).resolve() == (Path(out) / name).resolve() for name in RUN_FILES):
+        raise LesionsegError(f"{config}: the run writes its own {Path(config).name} there (--out {out}); keep "
+                             "your config outside the run folder")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if not args.resume:
+        _check_config_outside_run(args.config, args.out)
     base = args.out / "config.yaml" if args.resume and not args.config else None
     config = _config(args, base)  # every section validated before the backend loads
     check_training_config(config)
@@ -351,7 +367,7 @@ def _run_config(args: argparse.Namespace) -> Config:
     stored = args.model / "config.yaml"
     if not stored.is_file():
         raise LesionsegError(f"{stored}: missing; is {args.model} a lesionseg run folder?")
-    raw = config_to_dict(load_config(stored))
+    raw = config_to_dict(load_run_config(stored))
     if args.config:
         user = config_to_dict(load_config(args.config))
         for section in ("infer", "evaluate"):
@@ -612,12 +628,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any backend import
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    previous = _terminate_like_interrupt()
     try:
         check_outputs(args)
         return COMMANDS[args.command](args)
     except LesionsegError as exc:
         print(f"ERROR {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("ERROR terminated (SIGTERM); what was finished is kept, as after Ctrl-C", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("ERROR interrupted", file=sys.stderr)
         return 130
@@ -630,6 +650,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be: the same clean-up (checkpoint kept, attempt removed)."""
+
+
+def _terminate_like_interrupt():
+    """Make SIGTERM (``kill``, a batch system's time limit) end a command as Ctrl-C does; the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

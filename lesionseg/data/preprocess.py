@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from lesionseg.config import PreprocessConfig
-from lesionseg.data.io import Grid
+from lesionseg.data.io import MAX_VOXELS, Grid
 from lesionseg.errors import LesionsegError
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,11 @@ def working_grid(grid: Grid, cfg: PreprocessConfig) -> Grid:
         affine = affine @ step
         shape = new_shape
         zooms = np.asarray(cfg.spacing, float)
+        n = int(np.prod(shape, dtype=np.int64))
+        if n > MAX_VOXELS:
+            raise LesionsegError(f"preprocess.spacing {tuple(cfg.spacing)} mm makes a {'x'.join(map(str, shape))} "
+                                 f"working grid ({n / 1e6:.0f} M voxels), more than lesionseg holds "
+                                 f"({MAX_VOXELS / 1e6:.0f} M); choose larger voxels")
     return Grid(shape, affine, tuple(float(z) for z in zooms))  # type: ignore[arg-type]
 
 

@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from lesionseg.config import Config, config_to_dict, load_config
+from lesionseg.config import Config, config_to_dict
+from lesionseg.config.loading import load_run_config
 from lesionseg.errors import LesionsegError
 from lesionseg.provenance import file_sha256
 from lesionseg.training.checkpoint import check_model_file
@@ -109,7 +110,7 @@ def _member_config(run: Path) -> Config:
         raise LesionsegError(f"{run / CONFIG_FILE}: missing; is {run} a lesionseg run folder?")
     if is_ensemble(run):
         raise LesionsegError(f"{run}: is an ensemble already; list its member runs instead")
-    config = load_config(run / CONFIG_FILE)
+    config = load_run_config(run / CONFIG_FILE)
     if config.model.kind == "threshold":
         raise LesionsegError(f"{run}: the threshold baseline has no network to average")
     return config

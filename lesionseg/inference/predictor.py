@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from lesionseg.config import Config, load_config
+from lesionseg.config import Config
+from lesionseg.config.loading import load_run_config
 from lesionseg.errors import LesionsegError
 from lesionseg.inference.atlas import LesionAtlas, load_atlas
 from lesionseg.inference.ensemble import ENSEMBLE_FILE, check_members, is_ensemble
@@ -100,7 +101,7 @@ class Predictor:
         if config is None:
             if not (run_dir / CONFIG_FILE).is_file():
                 raise LesionsegError(f"{run_dir / CONFIG_FILE}: missing; is {run_dir} a lesionseg run folder?")
-            config = load_config(run_dir / CONFIG_FILE)
+            config = load_run_config(run_dir / CONFIG_FILE)
         atlas = load_atlas(run_dir)
         if config.model.kind == "threshold":
             return replace(cls.from_model(ThresholdModel.from_config(config), config), atlas=atlas)
