@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +100,7 @@ def write_patch_bank(config: Config, data_dir: Path, out_dir: Path) -> Path:
     if cfg.seed < 0:
         raise LesionsegError(f"config patches.seed must be >= 0, got {cfg.seed}")
     out_dir = Path(out_dir)
+    check_bank_folder(out_dir)
     cases = load_cases(config, list_cases(data_dir))
     sampler = PatchSampler.from_config([c.lesions for c in cases], cfg, [c.case_id for c in cases])
     specs = sampler.specs(cfg.seed, 0, cfg.n_patches)
@@ -106,8 +109,61 @@ def write_patch_bank(config: Config, data_dir: Path, out_dir: Path) -> Path:
     for n, spec in enumerate(specs):
         by_case.setdefault(spec.case, []).append(n)
     entries: list[BankEntry | None] = [None] * len(specs)
+    staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _write_bank(config, cases, specs, by_case, entries, staging)
+        _move_bank_in(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    index = out_dir / "index.csv"
+    modes = {m: sum(e.mode == m for e in entries if e) for m in ("lesion", "foreground", "random")}
+    log.info(
+        "%d patch(es) of %s from %d case(s): %s",
+        len(entries), "x".join(map(str, cfg.size)), len(cases),
+        ", ".join(f"{k} {v}" for k, v in modes.items()),
+    )
+    return index
+
+
+def check_bank_folder(out_dir: Path) -> None:
+    """``--out`` must be new, empty of lesionseg files, or a patch bank: never a run folder."""
+    from lesionseg.training.checkpoint import holds_run
+
+    if out_dir.is_dir() and holds_run(out_dir):
+        raise LesionsegError(f"{out_dir}: holds a trained run ({', '.join(holds_run(out_dir))}); a patch bank "
+                             "would overwrite its config.yaml; choose another --out")
+    if (out_dir / "config.yaml").is_file() and not (out_dir / "index.csv").is_file():
+        raise LesionsegError(f"{out_dir}: holds a config.yaml that is not a patch bank's (no index.csv); "
+                             "choose another --out")
+
+
+def _move_bank_in(staging: Path, out_dir: Path) -> None:
+    """Move a complete bank from ``staging`` into ``out_dir``: patches first, ``index.csv`` last.
+
+    The earlier bank's patch files (those its ``index.csv`` names) that the new one does not write
+    are removed; any other file in the folder is not ours and stays.
+    """
+    old = set()
+    if (out_dir / "index.csv").is_file():
+        with open(out_dir / "index.csv", newline="") as fh:
+            old = {row.get("file", "") for row in csv.DictReader(fh)}
+    (out_dir / "patches").mkdir(parents=True, exist_ok=True)
+    new = set()
+    for path in sorted((staging / "patches").glob("*.npz")):
+        os.replace(path, out_dir / "patches" / path.name)
+        new.add(f"patches/{path.name}")
+    os.replace(staging / "config.yaml", out_dir / "config.yaml")
+    os.replace(staging / "index.csv", out_dir / "index.csv")
+    for name in old - new:
+        if name.startswith("patches/") and name.endswith(".npz") and "/" not in name[len("patches/"):]:
+            (out_dir / name).unlink(missing_ok=True)
+
+
+def _write_bank(config: Config, cases: list, specs: list, by_case: dict[int, list[int]],
+                entries: list[BankEntry | None], out_dir: Path) -> None:
+    """Cut every patch and write ``patches/<case>.npz``, ``config.yaml`` and ``index.csv`` into ``out_dir``."""
     patch_dir = out_dir / "patches"
-    written = set()
     with tqdm(total=len(specs), desc="patches", unit="patch", disable=None) as bar:
         for c, numbers in sorted(by_case.items()):
             case = cases[c]
@@ -127,14 +183,9 @@ def write_patch_bank(config: Config, data_dir: Path, out_dir: Path) -> Path:
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez_compressed(fh, image=np.stack(images), mask=np.stack(masks))
-            written.add(path.name)
-            log.info("%s: %d patch(es) -> %s", case.case_id, len(numbers), path)
-    for stale in patch_dir.glob("*.npz"):
-        if stale.name not in written:
-            stale.unlink()
+            log.info("%s: %d patch(es) -> %s", case.case_id, len(numbers), path.name)
     save_config(config, out_dir / "config.yaml")
-    index = out_dir / "index.csv"
-    with atomic_path(index) as tmp:
+    with atomic_path(out_dir / "index.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(INDEX_COLUMNS)
@@ -142,13 +193,6 @@ def write_patch_bank(config: Config, data_dir: Path, out_dir: Path) -> Path:
                 assert e is not None
                 w.writerow([e.patch, e.case, *e.corner, *e.size, e.lesion_voxels, e.mode, e.lesion_id,
                             e.lesion_volume_vox, e.file, e.row])
-    modes = {m: sum(e.mode == m for e in entries if e) for m in ("lesion", "foreground", "random")}
-    log.info(
-        "%d patch(es) of %s from %d case(s): %s",
-        len(entries), "x".join(map(str, cfg.size)), len(cases),
-        ", ".join(f"{k} {v}" for k, v in modes.items()),
-    )
-    return index
 
 
 def read_index(bank_dir: Path) -> list[BankEntry]:

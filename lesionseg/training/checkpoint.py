@@ -8,6 +8,7 @@ score, schedule and diagnostics state), written after every epoch;
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -97,10 +98,21 @@ class RunState:
     def from_json(cls, text: str) -> RunState:
         """Read :meth:`to_json` output (unknown keys are ignored)."""
         raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError(f"state is a {type(raw).__name__}, not a table of fields")
         for key in ("plateau_best", "stop_best"):
             v = raw.get(key)
             raw[key] = -math.inf if v in (None, "-inf") else (math.inf if v == "inf" else float(v))
-        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+        state = cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+        for key in ("epoch", "best_epoch", "plateau_wait", "stop_wait"):
+            value = getattr(state, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{key} is {value!r}, not a count")
+        if isinstance(state.lr, bool) or not isinstance(state.lr, (int, float)) or not state.lr > 0:
+            raise ValueError(f"lr is {state.lr!r}, not a learning rate")
+        if not isinstance(state.best_score, list) or not isinstance(state.monitor, dict):
+            raise ValueError("best_score or monitor has the wrong type")
+        return state
 
     def schedule_state(self) -> dict[str, Any]:
         """The schedule's part, for :meth:`lesionseg.training.schedule.Schedule.load_state`."""
@@ -209,6 +221,12 @@ def check_resumable(run_dir: Path, resume: bool) -> None:
     if not (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file():
         raise LesionsegError(f"{run_dir / CHECKPOINT_DIR / STATE_FILE}: missing; nothing to resume in {run_dir}")
     _read_checkpoint(run_dir / CHECKPOINT_DIR)
+    if (run_dir / HISTORY_FILE).is_file():
+        try:
+            read_history(run_dir / HISTORY_FILE)
+        except (ValueError, TypeError, OSError, csv.Error) as exc:
+            raise LesionsegError(f"{run_dir / HISTORY_FILE}: unreadable ({exc}); resuming appends to it, so "
+                                 "restore it or train again without --resume") from None
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, writes: bool) -> None:
@@ -251,13 +269,18 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def remove_run(run_dir: Path, created: bool) -> None:
-    """Remove what a failed new run wrote: the folder if it made it, else only the run's files."""
+def remove_run(run_dir: Path, created: bool, keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """Remove what a failed new run wrote: the folder if it made it, else only the run's files.
+
+    ``keep``: names that were in the folder before the run started (a user's own ``split.csv`` or
+    notes are theirs, not the run's).
+    """
     if created:
         shutil.rmtree(run_dir, ignore_errors=True)
         return
     for name in RUN_FILES:
-        remove_path(run_dir / name)
+        if name not in keep:
+            remove_path(run_dir / name)
 
 
 def replace_run(new: Path, run_dir: Path) -> None:

@@ -65,6 +65,7 @@ from lesionseg.training.data import TrainingData, check_training_data, write_spl
 from lesionseg.training.checkpoint import (
     CHECKPOINT_DIR,
     MODEL_FILE,
+    RUN_FILES,
     RunState,
     check_resumable,
     holds_run,
@@ -161,7 +162,7 @@ def train(
     attempt = run_dir.parent / f".{run_dir.name}.attempt"
     shutil.rmtree(attempt, ignore_errors=True)  # a killed earlier attempt
     try:
-        _train_in(attempt, data, False, backend, strategy, writes, callbacks)
+        _train_in(attempt, data, False, backend, strategy, writes, callbacks, replaces=run_dir)
         if writes:
             replace_run(attempt, run_dir)
     finally:
@@ -196,18 +197,24 @@ def write_threshold_run(run_dir: Path, data: TrainingData) -> Path:
 
 
 def _train_in(
-    run_dir: Path, data: TrainingData, resume: bool, backend: str, strategy: Any, writes: bool, callbacks: Sequence[Any]
+    run_dir: Path, data: TrainingData, resume: bool, backend: str, strategy: Any, writes: bool, callbacks: Sequence[Any],
+    replaces: Path | None = None,
 ) -> Path:
-    """Train into ``run_dir``; a new run that fails before its first checkpoint leaves nothing behind."""
+    """Train into ``run_dir``; a new run that fails before its first checkpoint leaves nothing behind.
+
+    ``replaces``: the run folder this one (an ``--overwrite`` attempt) is to replace once it succeeds.
+    Files that were in ``run_dir`` before (not the run's) are never removed.
+    """
     created = not run_dir.exists()
+    before = set() if created else {name for name in RUN_FILES if (run_dir / name).exists()}
     prepare_run_dir(run_dir, resume, writes)
     try:
         with _file_log(run_dir, writes):
-            run = _Setup(data.config, data.data_dir, run_dir, resume, backend, strategy, writes, data)
+            run = _Setup(data.config, data.data_dir, run_dir, resume, backend, strategy, writes, data, replaces)
             return _train(run, list(callbacks))
     except BaseException as exc:  # also Ctrl-C: before the first checkpoint there is nothing to resume
         if writes and not resume and not isinstance(exc, TrainingStopped) and not (run_dir / CHECKPOINT_DIR).exists():
-            remove_run(run_dir, created)
+            remove_run(run_dir, created, keep=before)
         raise
 
 
@@ -223,6 +230,7 @@ class _Setup:
     strategy: Any
     writes: bool
     data: TrainingData
+    replaces: Path | None = None
 
 
 def _train(run: _Setup, callbacks: list[Any]) -> Path:
@@ -383,12 +391,16 @@ def _fit(run: _Setup, model: Any, sequence: Any, control: Any, callbacks: list[A
             verbose=0,
         )
     except KeyboardInterrupt:
-        log.warning(
-            "interrupted during epoch %d; resume with: lesionseg train --data %s --out %s --resume",
-            control.state.epoch + 1,
-            run.data_dir,
-            run.run_dir,
-        )
+        if run.replaces is not None:  # an --overwrite attempt: it goes, the earlier run stays
+            log.warning("interrupted during epoch %d; the earlier run in %s is unchanged (train again with "
+                        "--overwrite to replace it)", control.state.epoch + 1, run.replaces)
+        else:
+            log.warning(
+                "interrupted during epoch %d; resume with: lesionseg train --data %s --out %s --resume",
+                control.state.epoch + 1,
+                run.data_dir,
+                run.run_dir,
+            )
         control.history.write_curves()
         raise
     control.history.write_curves()
