@@ -333,6 +333,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_patches(args: argparse.Namespace) -> int:
     config = _config(args)
+    from lesionseg.data.check import require_readable
+    from lesionseg.data.io import list_cases
+
+    require_readable(list_cases(args.data), config.data, with_mask=True)  # before the backend loads
     from lesionseg.sampling.bank import write_patch_bank
 
     index = write_patch_bank(config, args.data, args.out)
