@@ -72,6 +72,69 @@ def test_brain_extraction_removes_skull_and_scalp():
     assert not (mask & scalp_bright & ~truth).any()
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def test_brain_extraction_ignores_a_few_extreme_voxels_in_the_air():
+    """Three voxels of 1e6 in the air once made Otsu's threshold exceed every tissue (a 23-voxel 'brain')."""
+    brain_only = generate_case("h", 3, (64, 64, 64), 5)
+    head = with_head(brain_only, seed=3)
+    truth = np.pad(brain_only.flair > 0, 14)
+    spiked = head.flair.astype(np.float32).copy()
+    spiked[2:5, 3, 3] = 1e6
+    assert _dice(brain_mask(spiked, (1.0, 1.0, 1.0)), truth) > 0.97
+
+
+def test_brain_extraction_keeps_both_halves_of_a_brain_cut_by_missing_slices():
+    brain_only = generate_case("h", 3, (64, 64, 64), 5)
+    head = with_head(brain_only, seed=3)
+    truth = np.pad(brain_only.flair > 0, 14)
+    gap = head.flair.astype(np.float32).copy()
+    gap[:, :, 44:48] = 0  # four zeroed slices through the middle of the brain
+    mask = brain_mask(gap, (1.0, 1.0, 1.0))
+    kept = truth.copy()
+    kept[:, :, 44:48] = False
+    assert mask[:, :, :44].sum() > 0.9 * kept[:, :, :44].sum() and mask[:, :, 48:].sum() > 0.9 * kept[:, :, 48:].sum()
+
+
+def test_negative_intensities_are_shifted_before_brain_extraction():
+    """An exam stored with an offset (air at -1000) is extracted like the same exam without it."""
+    brain_only = generate_case("h", 3, (64, 64, 64), 5)
+    head = with_head(brain_only, seed=3)
+    grid = Grid(head.flair.shape, np.eye(4), (1.0, 1.0, 1.0))
+    cfg = PreprocessConfig(reorient=True, brain_extraction=True)
+    plain = prepare(head.flair[..., None].astype(np.float32), None, grid, cfg)
+    shifted = prepare(head.flair[..., None].astype(np.float32) - 1000.0, None, grid, cfg)
+    assert _dice(plain.image[..., 0] > 0, shifted.image[..., 0] > 0) > 0.99
+
+
+@pytest.mark.parametrize("slice_mm, origin", [(7.0, (-30.0, -40.0, -70.3)), (7.0, (-28.8, -28.8, -66.5)),
+                                              (6.4, (0.0, 0.0, 0.0)), (8.0, (0.0, 0.0, 0.0))])
+def test_the_outer_thick_slices_reach_the_working_grid_at_full_brightness(slice_mm, origin):
+    """A 7 mm slice covers 3.5 mm either side of its centre: the 1 mm grid there holds its value, not 0 or 70 %."""
+    cfg = PreprocessConfig(reorient=True, spacing=(1.0, 1.0, 1.0))
+    x = np.full((16, 16, 20), 100.0, np.float32)
+    affine = np.diag([0.9, 0.9, slice_mm, 1.0])
+    affine[:3, 3] = origin
+    grid = Grid(x.shape, affine, (0.9, 0.9, slice_mm))
+    work = working_grid(grid, cfg)
+    on_work = resample(x, grid, work)
+    assert on_work.min() == pytest.approx(100.0)
+    back = resample(on_work, work, grid)
+    assert np.allclose(back, 100.0)
+
+
+def test_resampling_is_zero_beyond_one_source_voxel_outside():
+    x = np.full((4, 4, 4), 5.0, np.float32)
+    source = Grid(x.shape, np.eye(4), (1.0, 1.0, 1.0))
+    shifted = np.eye(4)
+    shifted[:3, 3] = -3.0  # the target starts 3 voxels before the source
+    out = resample(x, source, Grid((10, 10, 10), shifted, (1.0, 1.0, 1.0)))
+    assert out[0, 5, 5] == 0.0 and out[1, 5, 5] == 0.0  # 3 and 2 voxels outside
+    assert out[3, 5, 5] == pytest.approx(5.0) and out[2, 5, 5] == pytest.approx(5.0)  # inside / its edge's pad
+
+
 def test_n4_removes_a_smooth_bias_field():
     rng = np.random.default_rng(1)
     shape = (40, 40, 40)

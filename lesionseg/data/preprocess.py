@@ -85,6 +85,12 @@ def working_grid(grid: Grid, cfg: PreprocessConfig) -> Grid:
 def resample(volume: np.ndarray, source: Grid, target: Grid, order: int = 1) -> np.ndarray:
     """``volume`` (on ``source``) sampled at the voxel centres of ``target`` (0 outside the source).
 
+    A source voxel covers its whole extent, half a voxel either side of its centre: target
+    centres in that outer half of the edge voxels take the edge value (the volume is padded by
+    its edge before sampling), so the first and last thick slice of an exam reach the working
+    grid at full brightness, not faded or blanked by where exactly the grids' corners fall.
+    Beyond one source voxel outside, the result is 0.
+
     Parameters
     ----------
     volume : numpy.ndarray
@@ -103,8 +109,10 @@ def resample(volume: np.ndarray, source: Grid, target: Grid, order: int = 1) -> 
         return volume.copy()
     mapping = np.linalg.inv(np.asarray(source.affine, float)) @ np.asarray(target.affine, float)
     data = volume.astype(np.float32, copy=False) if order > 0 else volume
-    out = ndimage.affine_transform(data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=tuple(target.shape),
-                                   order=order, mode="constant", cval=0.0, prefilter=False)
+    padded = np.pad(data, 1, mode="edge")  # the edge voxels' outer halves (see above); index shift +1
+    out = ndimage.affine_transform(padded, mapping[:3, :3], offset=mapping[:3, 3] + 1.0,
+                                   output_shape=tuple(target.shape), order=order, mode="constant", cval=0.0,
+                                   prefilter=False)
     return out
 
 
@@ -243,12 +251,14 @@ def brain_mask(channel: np.ndarray, spacing: tuple[float, ...], erosion_mm: floa
     x = np.asarray(channel, np.float32)
     values = x[x > 0]
     if values.size == 0:
-        raise LesionsegError("brain extraction: the image is empty")
+        raise LesionsegError("brain extraction: no voxel above 0 (an image of zeros, or of negative values only)")
     if stripped is None:
         stripped = looks_skull_stripped(x, spacing)
     if stripped:
         return x > 0  # skull-stripped already: keep its brain
-    head = x > threshold_otsu(values)
+    # Otsu on values clipped at their 99.9th percentile: a few spikes (1e6 in the air) would otherwise
+    # set the threshold above every tissue and leave a "brain" of the spikes alone
+    head = x > threshold_otsu(np.minimum(values, np.percentile(values, 99.9)))
     radius = [max(1, int(round(erosion_mm / float(s)))) for s in spacing]
     ball = _ellipsoid_structure(radius)
     core = ndimage.binary_erosion(head, structure=ball)
@@ -256,9 +266,29 @@ def brain_mask(channel: np.ndarray, spacing: tuple[float, ...], erosion_mm: floa
     if n == 0:
         return ndimage.binary_fill_holes(head)
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    brain = labels == (1 + int(np.argmax(sizes)))
+    # the largest part, and any part at least BRAIN_PART_SHARE of it: a brain cut in two by missing
+    # (zeroed) slices keeps both halves, while eyes and scalp islands (a few % of it) go
+    brain = np.isin(labels, 1 + np.flatnonzero(sizes >= BRAIN_PART_SHARE * sizes.max()))
     brain = ndimage.binary_dilation(brain, structure=ball) & (x > 0)
     return ndimage.binary_fill_holes(brain)
+
+
+BRAIN_PART_SHARE = 0.2
+"""Smallest part of the eroded head kept beside the largest, as a share of it."""
+
+
+def _nonnegative(image: np.ndarray) -> np.ndarray:
+    """Channels shifted to start at 0 where they go below it (an offset from the converter; MR magnitudes are >= 0).
+
+    Brain extraction and N4 read intensities above 0 as the head; an exam stored with an offset
+    (all values negative, or its air at -200) would otherwise lose its air, or all of itself.
+    """
+    low = image.reshape(-1, image.shape[-1]).min(axis=0)
+    if (low >= 0).all():
+        return image
+    log.warning("negative intensities (minimum %s): each such channel is shifted to start at 0 before brain "
+                "extraction and bias correction", ", ".join(f"{v:g}" for v in low))
+    return (image - np.minimum(low, 0.0)).astype(np.float32)
 
 
 def _ellipsoid_structure(radius: list[int]) -> np.ndarray:
@@ -311,6 +341,8 @@ def prepare(image: np.ndarray, mask: np.ndarray | None, grid: Grid, cfg: Preproc
     if not is_active(cfg):
         return Prepared(image, mask, grid, grid)
     work = working_grid(grid, cfg)
+    if cfg.brain_extraction or cfg.bias_correction:
+        image = _nonnegative(image)
     channels = [resample(image[..., c], grid, work, order=1) for c in range(image.shape[-1])]
     moved = None if mask is None else resample(np.asarray(mask, np.uint8), grid, work, order=0).astype(np.uint8)
     if cfg.brain_extraction or cfg.bias_correction:
