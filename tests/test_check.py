@@ -119,3 +119,23 @@ def test_check_shared_ms_lesions(shared_ms, capsys):
     out = capsys.readouterr().out
     assert "ERROR mslesseg_P14_T1/t2.nii.gz: missing channel" in out
     assert "ERROR mslesseg_P18_T1/t2.nii.gz: missing channel" in out
+
+
+def test_check_measures_the_patch_on_the_working_grid_and_warns_about_missing_orientation(tmp_path, capsys):
+    """A 0.9 x 0.9 x 7 mm exam of 20 slices is 140 mm deep: on the 1 mm working grid nothing is padded."""
+    import nibabel as nib
+
+    affine = np.diag([0.9, 0.9, 7.0, 1.0])
+    rng = np.random.default_rng(0)
+    img = nib.Nifti1Image(rng.uniform(1, 100, (40, 40, 20)).astype(np.float32), affine)
+    img.set_sform(affine, code=0)
+    img.set_qform(affine, code=0)
+    (tmp_path / "c1").mkdir()
+    nib.save(img, tmp_path / "c1" / "flair.nii.gz")
+    args = ["check", str(tmp_path), "--no-mask", "--channels", "flair", "--set", "patches.size=[32,32,32]"]
+    main([*args, "--set", "preprocess.spacing=[1,1,1]"])
+    out = capsys.readouterr().out
+    assert "smaller than the patch" not in out
+    assert "no orientation (qform and sform codes are 0)" in out
+    main(args)  # no resampling: the file's own 20 slices are what the network sees
+    assert "volume (40, 40, 20) is smaller than the patch (32, 32, 32)" in capsys.readouterr().out

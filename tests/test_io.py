@@ -147,3 +147,32 @@ def test_almost_binary_float_mask_shows_the_values_that_differ(tmp_path):
     write_nifti(tmp_path / "c" / "m.nii.gz", np.array([[[0, 1], [1.0000001, 0]]] * 2, np.float64))
     with pytest.raises(DataError, match=r"found 0, 1, 1\.0000001\)"):
         read_mask(tmp_path / "c" / "m.nii.gz")
+
+
+def test_a_file_named_in_other_case_is_found_unless_two_are(tmp_path):
+    """Scanner exports write FLAIR.nii.gz; the channel 'flair' finds it, and two such files are a question."""
+    from lesionseg.data.io import find_file
+
+    case = make_case(tmp_path, "c1", channels=("flair",))
+    (case / "flair.nii.gz").rename(case / "FLAIR.nii.gz")
+    assert find_file(case, "flair") == case / "FLAIR.nii.gz"
+    assert read_case(case, ["flair"]).image.shape[-1] == 1
+    (case / "Flair.nii").write_bytes(b"")
+    with pytest.raises(DataError, match="differ only in case"):
+        find_file(case, "flair")
+
+
+def test_outputs_keep_the_inputs_orientation_codes_even_when_absent(tmp_path):
+    """An input without qform/sform codes gives outputs without them: no claimed 'aligned' space."""
+    affine = np.diag([0.9, 0.9, 7.0, 1.0])
+    img = nib.Nifti1Image(np.ones((4, 4, 3), np.float32), affine)
+    img.set_sform(affine, code=0)
+    img.set_qform(affine, code=0)
+    out = write_like(tmp_path / "o.nii.gz", np.zeros((4, 4, 3)), img.affine, img.header)
+    back = nib.load(out)
+    assert int(back.header["sform_code"]) == 0 and int(back.header["qform_code"]) == 0
+    assert np.allclose(back.affine, nib.load(out).affine) and back.shape == (4, 4, 3)
+    img.set_qform(affine, code=1)
+    back = nib.load(write_like(tmp_path / "p.nii.gz", np.zeros((4, 4, 3)), img.affine, img.header))
+    assert int(back.header["qform_code"]) == 1 and int(back.header["sform_code"]) == 0
+    assert np.allclose(back.affine, affine)

@@ -30,8 +30,8 @@ from lesionseg.data.io import (
     read_mask,
 )
 from lesionseg.data.labels import label_components
-from lesionseg.data.preprocess import ALREADY_STRIPPED_ZERO_SHARE, looks_skull_stripped
-from lesionseg.errors import DataError
+from lesionseg.data.preprocess import ALREADY_STRIPPED_ZERO_SHARE, is_active, looks_skull_stripped, working_grid
+from lesionseg.errors import DataError, LesionsegError
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +139,40 @@ def _check_mask(
 
 
 def _check_grids(
-    grids: list[tuple[Grid, Path]], affine_tolerance: float, patch_size: Sequence[int], problems: list[Problem]
+    grids: list[tuple[Grid, Path]], affine_tolerance: float, patch_size: Sequence[int], problems: list[Problem],
+    preprocess: PreprocessConfig | None = None,
 ) -> None:
-    """Every file on the first one's grid; a warning when the volume is smaller than a patch."""
+    """Every file on the first one's grid; a warning when the volume the network sees is smaller than a patch."""
     ref = grids[0]
     for grid, path in grids[1:]:
         mismatch = _grid_mismatch(ref[0], grid, ref[1], path, affine_tolerance)
         if mismatch:
             problems.append(Problem("ERROR", f"{display_path(path)}: {mismatch}"))
-    if any(s < p for s, p in zip(ref[0].shape, patch_size)):
+    seen = ref[0].shape
+    if preprocess is not None and is_active(preprocess):
+        try:
+            seen = working_grid(ref[0], preprocess).shape  # what infer predicts on, not the file's grid
+        except LesionsegError as exc:
+            problems.append(Problem("ERROR", f"{display_path(ref[1])}: {exc}"))
+            return
+    if any(s < p for s, p in zip(seen, patch_size)):
+        where = f"volume {ref[0].shape}" if seen == ref[0].shape else f"working grid {seen}"
         problems.append(Problem(
             "WARNING",
-            f"{display_path(ref[1])}: volume {ref[0].shape} is smaller than the patch {tuple(patch_size)}; "
-            "it will be padded",
+            f"{display_path(ref[1])}: {where} is smaller than the patch {tuple(patch_size)}; it will be padded",
         ))
+
+
+def _check_header(path: Path, problems: list[Problem]) -> None:
+    """A file without orientation codes: where it lies is nibabel's guess from its voxel sizes."""
+    try:
+        header = nib.load(str(path)).header
+    except Exception:  # unreadable files are reported by the channel checks
+        return
+    if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
+        problems.append(Problem(
+            "WARNING", f"{display_path(path)}: no orientation (qform and sform codes are 0): its axes are "
+            "taken as nibabel's default, which may not be the scanner's; outputs keep the same header"))
 
 
 #: Largest / smallest voxel side above which a scan counts as anisotropic (thick slices).
@@ -225,7 +245,8 @@ def check_case(
         lesions, volume_ml = _check_mask(case_dir, mask_name, mask_values, grids, problems)
     ref = grids[0] if grids else None
     if ref is not None:
-        _check_grids(grids, affine_tolerance, patch_size, problems)
+        _check_grids(grids, affine_tolerance, patch_size, problems, preprocess)
+        _check_header(ref[1], problems)
         _check_processing(grids, preprocess or PreprocessConfig(), problems)
 
     summary = CaseSummary(

@@ -93,12 +93,23 @@ def display_path(path: Path) -> str:
 
 
 def find_file(case_dir: Path, stem: str) -> Path | None:
-    """Return ``case_dir/stem.nii.gz`` or ``case_dir/stem.nii``, whichever exists."""
+    """Return ``case_dir/stem.nii.gz`` or ``case_dir/stem.nii``, whichever exists.
+
+    Without an exact match, the one file whose name matches ignoring case (``FLAIR.nii.gz`` for
+    ``flair``), as scanners' exports name them; two such files are a question only the user answers.
+    """
     for suffix in NIFTI_SUFFIXES:
         candidate = Path(case_dir) / f"{stem}{suffix}"
         if candidate.is_file():
             return candidate
-    return None
+    if not Path(case_dir).is_dir():
+        return None
+    wanted = {f"{stem}{suffix}".lower() for suffix in NIFTI_SUFFIXES}
+    found = [p for p in Path(case_dir).iterdir() if p.name.lower() in wanted and p.is_file()]
+    if len(found) > 1:
+        raise DataError(f"{Path(case_dir).name}: {', '.join(sorted(p.name for p in found))} all name '{stem}' "
+                        "(file names differ only in case); keep one")
+    return found[0] if found else None
 
 
 def require_file(case_dir: Path, stem: str, what: str = "file") -> Path:

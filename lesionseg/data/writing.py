@@ -94,11 +94,12 @@ def write_like(
     out_header.set_data_dtype(dtype)
     out_header.set_data_shape(array.shape)
     img = nib.Nifti1Image(np.asarray(array, dtype=dtype), affine, out_header)
-    # keep the reference's own codes (scanner/MNI) when it had them
+    # the reference's own codes (scanner/MNI/none): an input without orientation codes gets an output
+    # without them too, read back by every tool as it read the input, never a claimed "aligned" space
     if header is not None:
         scode, qcode = int(header["sform_code"]), int(header["qform_code"])
-        img.set_sform(affine, code=scode if scode > 0 else 2)
-        img.set_qform(affine, code=qcode if qcode > 0 else 2)
+        img.set_sform(affine, code=scode)
+        img.set_qform(affine, code=qcode)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
     with atomic_path(path) as tmp:
