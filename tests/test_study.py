@@ -291,6 +291,9 @@ def test_summary_rewrites_only_the_readme_block(tmp_path, capsys):
                        ("truth_volume_ml", 1.0), ("blank_exams", 0), ("train_seconds", 1), ("cell_seconds", 2)):
         results[col] = value
     results.to_csv(study / "results.csv", index=False)
+    (study / "study.toml").write_text('[study]\n[study.grid]\n"loss.name" = ["focal", "dice", "tversky"]\n'
+                                      '"model.head" = ["sigmoid", "softmax"]\n'
+                                      '[study.folds]\nL07 = ["a"]\nL19 = ["b"]\nM18 = ["c"]\n')
     readme = tmp_path / "README.md"
     before, after = "# Title\n\nText before.\n", "\nText after, kept.\n"
     readme.write_text(before + "<!-- study-answer:begin studies/s -->\nstale table\n<!-- study-answer:end -->" + after)
@@ -305,6 +308,10 @@ def test_summary_rewrites_only_the_readme_block(tmp_path, capsys):
     assert "tuned" not in text.split("![")[0].split("| loss")[1]  # only the default rows in the table
     assert "**softmax higher, consistently**" in text  # claim 1, computed from the rows
     assert "`dice` × softmax: 1 of 3 run(s) predicted nothing" in text  # claim 2
+    assert ("**12 of the 18 cells** of [`study.toml`](studies/s/study.toml) have run; still to run (cells): "
+            "tversky × sigmoid (3), tversky × softmax (3).") in text  # progress, from the study's own grid
+    assert "consistently more with 1 (`focal`), no verdict with 1 (`dice`)" in text  # claim 1 over all losses
+    assert "FP default − no_overlap consistently lower in 3, consistently higher in 0, no verdict in 1 of 4" in text
     first = text
     assert main(["study", "--summarize", "--out", str(study), "--readme", str(readme)]) == 0
     assert readme.read_text() == first  # rerunning on the same rows changes nothing

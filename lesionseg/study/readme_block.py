@@ -61,11 +61,51 @@ def check_document(document: Path, out: Path) -> None:
     check_output_file(document)  # its folder must take the atomic rewrite
 
 
+def progress_line(out: Path, results: pd.DataFrame, rel: str = ".") -> str:
+    """How many of the grid's cells have run, and which grid points still miss runs ('' without ``study.toml``).
+
+    The grid is read from ``OUT/study.toml`` (its ``[study.grid]`` values × its ``[study.folds]`` table);
+    a study whose folds come from a file-name pattern has no fixed count without its data, so it gets none.
+    ``rel`` is the study folder as the document links it.
+    """
+    import itertools
+
+    from lesionseg.study.grid import column_name, read_study
+
+    path = Path(out) / "study.toml"
+    try:
+        study = read_study(path)
+    except LesionsegError:
+        return ""
+    grid, folds = study.get("grid") or {}, study.get("folds")
+    if not isinstance(folds, dict) or not folds or not grid:
+        return ""
+    keys = list(grid)
+    columns = [column_name(k) for k in keys]
+    if not set(columns) <= set(results.columns):
+        return ""
+    runs = results.drop_duplicates("cell") if "cell" in results.columns else results
+    done = runs[columns].astype(str).value_counts().to_dict()
+    points = list(itertools.product(*(grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys)))
+    total = len(points) * len(folds)
+    missing = []
+    for point in points:
+        found = done.get(tuple(str(v) for v in point), 0)
+        if found < len(folds):
+            missing.append(f"{' × '.join(str(v) for v in point)} ({len(folds) - found})")
+    finished = sum(min(done.get(tuple(str(v) for v in p), 0), len(folds)) for p in points)
+    line = f"**{finished} of the {total} cells** of [`study.toml`]({rel}/study.toml) have run"
+    if missing:
+        line += "; still to run (cells): " + ", ".join(missing)
+    return line + "."
+
+
 def answer_block(table: pd.DataFrame, results: pd.DataFrame, terms: pd.DataFrame | None, document: Path,
                  out: Path) -> str:
     """The block's Markdown: table of the default decision, plot, verdicts of claims 1, 2 and 5."""
     from lesionseg.evaluation.compare import to_markdown
-    from lesionseg.study.verdicts import VERDICTS_FILE, collapse_verdicts, head_verdicts, ranking
+    from lesionseg.study.verdicts import (VERDICTS_FILE, collapse_verdicts, head_tally, head_verdicts, ranking,
+                                          variant_tally)
 
     here = Path(document).resolve().parent
     rel = Path(os.path.relpath(Path(out).resolve(), here)).as_posix()
@@ -74,11 +114,22 @@ def answer_block(table: pd.DataFrame, results: pd.DataFrame, terms: pd.DataFrame
         "blank_runs": "blank", "over_segmented_runs": "over-seg.", "lesion_precision": "precision",
         "lesion_recall": "recall", "lesion_f1": "lesion F1", "dice": "Dice"})
     n_runs = int((results.variant == "default").sum()) if "variant" in results.columns else len(results)
+    progress = progress_line(out, results, rel)
+    decisions = []
+    if "variant" in results.columns and {"default", "no_overlap", "tuned"} <= set(results.variant):
+        decisions = ["**What the decision changes** (same runs, per loss × head):", "",
+                     "- overlapping windows averaged against windows that do not overlap: "
+                     + variant_tally(results, "default", "no_overlap", "FP"),
+                     "- threshold and minimum size tuned on the training exams against 0.5: "
+                     + variant_tally(results, "tuned", "default", "FP") + "; "
+                     + variant_tally(results, "tuned", "default", "TP") + "; "
+                     + variant_tally(results, "tuned", "default", "lesion_f1"), ""]
     parts = [
         "",
         f"*Written by `lesionseg study --summarize --out {rel} --readme {Path(document).name}` from the "
         f"{n_runs} run(s) of [`results.csv`]({rel}/results.csv); do not edit by hand.*",
         "",
+        *([progress, ""] if progress else []),
         "Threshold 0.5, no size filter, overlapping windows averaged (the `default` decision); mean ± sd "
         "over the runs (folds × seeds); *blank*: runs that predicted nothing; *over-seg.*: runs painting "
         "over 10× the true lesion volume, whose lesion counts mean little. Every decision variant: "
@@ -90,6 +141,7 @@ def answer_block(table: pd.DataFrame, results: pd.DataFrame, terms: pd.DataFrame
         "",
         "**Does softmax give more false lesions than sigmoid with the same loss?** (paired by fold and seed)",
         "",
+        *head_tally(results, terms),
         *head_verdicts(results, terms),
         "",
         "**Do losses collapse to blank predictions, and does the diagnostic say so?**",
@@ -100,6 +152,7 @@ def answer_block(table: pd.DataFrame, results: pd.DataFrame, terms: pd.DataFrame
         "",
         *ranking(results),
         "",
+        *decisions,
         f"Overlapping windows and the tuned decision, loss by loss: [`verdicts.md`]({rel}/{VERDICTS_FILE}).",
         "",
     ]

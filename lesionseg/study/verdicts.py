@@ -115,6 +115,45 @@ def head_verdicts(results: pd.DataFrame, terms: pd.DataFrame | None) -> list[str
     return lines or ["- no loss has both heads run on the same fold yet"]
 
 
+def _names(items: Sequence[str]) -> str:
+    return ", ".join(f"`{x}`" for x in items) if items else "none"
+
+
+def head_tally(results: pd.DataFrame, terms: pd.DataFrame | None) -> list[str]:
+    """Claim 1 over all losses in one line: with how many losses softmax is clearly lower, higher, or neither."""
+    runs = results[results.variant == "default"]
+    fp = paired_difference(runs, "FP", "head", "softmax", "sigmoid")
+    fp = fp[fp.pairs >= MIN_PAIRS] if len(fp) else fp
+    if not len(fp):
+        return []
+    lower = [str(r.loss) for r in fp.itertuples() if r.clear and r.mean < 0]
+    higher = [str(r.loss) for r in fp.itertuples() if r.clear and r.mean > 0]
+    neither = [str(r.loss) for r in fp.itertuples() if not r.clear]
+    line = (f"- over the {len(fp)} loss(es) with both heads on at least {MIN_PAIRS} paired runs, softmax gives "
+            f"consistently fewer false lesions with {len(lower)} ({_names(lower)}), consistently more with "
+            f"{len(higher)} ({_names(higher)}), no verdict with {len(neither)} ({_names(neither)})")
+    if terms is not None and not terms.empty and "soft_fp_ml" in terms.columns:
+        mass = paired_difference(terms[terms.loss.isin(fp.loss)], "soft_fp_ml", "head", "softmax", "sigmoid")
+        if len(mass):
+            below = int((mass["mean"] < 0).sum())
+            clear = int((mass.clear & (mass["mean"] < 0)).sum())
+            line += (f"; softmax's soft false mass (Σp over true background) is lower with {below} of them "
+                     f"({clear} consistently)")
+    return [line]
+
+
+def variant_tally(results: pd.DataFrame, a: str, b: str, column: str) -> str:
+    """One line: over loss × head, how often ``column`` of decision ``a`` is consistently below / above ``b``'s."""
+    diff = paired_difference(results, column, "variant", a, b, within=("loss", "head"))
+    diff = diff[diff.pairs >= MIN_PAIRS] if len(diff) else diff
+    if not len(diff):
+        return f"{column}: fewer than {MIN_PAIRS} paired runs"
+    lower = int((diff.clear & (diff["mean"] < 0)).sum())
+    higher = int((diff.clear & (diff["mean"] > 0)).sum())
+    return (f"{column} {a} − {b} consistently lower in {lower}, consistently higher in {higher}, "
+            f"no verdict in {len(diff) - lower - higher} of {len(diff)} loss × head")
+
+
 def collapse_verdicts(results: pd.DataFrame) -> list[str]:
     """Claim 2: blank runs and the collapse diagnostic, per loss × head."""
     runs = results[results.variant == "default"].copy()
@@ -173,12 +212,14 @@ def write_verdicts(out: Path, results: pd.DataFrame, terms: pd.DataFrame | None)
     """``STUDY/verdicts.md``: every claim answered from the rows there are (rerun as cells finish)."""
     sections = [
         ("1. Does softmax give more false lesions than sigmoid with the same loss? (default decision, "
-         "paired by fold and seed)", head_verdicts(results, terms)),
+         "paired by fold and seed)", head_tally(results, terms) + head_verdicts(results, terms)),
         ("2. Do losses collapse to blank predictions, and does the diagnostic say so?", collapse_verdicts(results)),
         ("3. What does averaging overlapping windows change? (default − no_overlap, same run)",
-         variant_verdicts(results, "default", "no_overlap", ["FP", "TP"])),
+         [f"- {variant_tally(results, 'default', 'no_overlap', c)}" for c in ("FP", "TP")]
+         + variant_verdicts(results, "default", "no_overlap", ["FP", "TP"])),
         ("4. What does the tuned threshold / minimum size change? (tuned − default, same run)",
-         variant_verdicts(results, "tuned", "default", ["TP", "FP", "lesion_f1"])),
+         [f"- {variant_tally(results, 'tuned', 'default', c)}" for c in ("TP", "FP", "lesion_f1")]
+         + variant_verdicts(results, "tuned", "default", ["TP", "FP", "lesion_f1"])),
         ("5. Which loss and head are best, and can the spread tell?", ranking(results)),
     ]
     n_runs = int((results.variant == results.variant.iloc[0]).sum())
