@@ -221,6 +221,13 @@ def check_data(data_dir: Path, cells: Sequence[Cell]) -> None:
             require_readable(cases, data, with_mask=True)
 
 
+def remaining_seconds(durations: Sequence[float], cells_left: int, workers: int) -> float:
+    """Wall time left: the cells still to finish at the mean duration so far, ``workers`` at a time."""
+    if not durations or cells_left <= 0:
+        return 0.0
+    return sum(durations) / len(durations) * cells_left / max(1, min(workers, cells_left))
+
+
 def run_study(study_file: Path, data_dir: Path, out: Path, parallel: int | None = None,
               limit: int | None = None, threads: int | None = None) -> Path:
     """The ``lesionseg study`` command: run every unfinished cell, append its rows to ``results.csv``.
@@ -276,7 +283,7 @@ def run_study(study_file: Path, data_dir: Path, out: Path, parallel: int | None 
     if not results.is_file() or results.stat().st_size == 0:
         with open(results, "w", newline="") as fh:
             csv.writer(fh).writerow(columns)
-    lock, failed, t0 = threading.Lock(), [], time.perf_counter()
+    lock, failed, durations = threading.Lock(), [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures: dict[Future, Cell] = {
             pool.submit(run_cell, c, study, out, fold_dirs[c.fold.name], threads, todo[c.cell_id]): c
@@ -299,9 +306,9 @@ def run_study(study_file: Path, data_dir: Path, out: Path, parallel: int | None 
                     writer = csv.DictWriter(fh, fieldnames=columns)
                     for row in rows:
                         writer.writerow({k: row.get(k, "") for k in columns})
-                elapsed = time.perf_counter() - t0
-                eta = elapsed / finished_now * (len(pending) - finished_now)
                 first = rows[0]
+                durations.append(float(first["cell_seconds"]))
+                eta = remaining_seconds(durations, len(pending) - finished_now, workers)
                 log.info("[%d/%d] %s: TP %s FP %s FN %s, lesion F1 %.3f, Dice %.3f (%s) in %.0f s; ETA %.0f min",
                          finished_now, len(pending), cell.cell_id, first["TP"], first["FP"], first["FN"],
                          first["lesion_f1"], first["dice"], first["variant"], first["cell_seconds"], eta / 60)
