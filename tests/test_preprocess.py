@@ -7,6 +7,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from lesionseg.cli import main
 from lesionseg.config import PreprocessConfig
@@ -74,6 +75,26 @@ def test_brain_extraction_removes_skull_and_scalp():
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+@pytest.mark.parametrize("scalp_mm", [7, 12])
+def test_brain_extraction_drops_a_scalp_thick_enough_to_outlast_the_erosion(scalp_mm):
+    """A fatty scalp over twice the erosion depth stays a shell around the brain (once larger than 20 % of it,
+    even larger than the brain); kept, it and the skull and CSF inside it were filled in as brain (Dice 0.58 at 7 mm)."""
+    brain_only = generate_case("h", 3, (64, 64, 64), 5)
+    margin = 8 + scalp_mm
+    brain = np.pad(brain_only.flair > 0, margin)
+    dist = ndimage.distance_transform_edt(~brain)
+    rng = np.random.default_rng(0)
+    head = np.pad(brain_only.flair, margin).astype(np.float32)
+    for low, high, value in ((0, 2, 120.0), (2, 6, 40.0), (6, 6 + scalp_mm, 900.0)):  # CSF, skull, scalp
+        layer = (dist > low) & (dist <= high)
+        head[layer] = value + rng.normal(0, 25.0, int(layer.sum()))
+    air = dist > 6 + scalp_mm
+    head[air] = np.abs(rng.normal(0, 12.0, int(air.sum())))
+    mask = brain_mask(np.clip(head, 0, None), (1.0, 1.0, 1.0))
+    assert _dice(mask, brain) > 0.97
+    assert not (mask & (dist > 6)).any()  # no scalp
 
 
 def test_brain_extraction_ignores_a_few_extreme_voxels_in_the_air():

@@ -267,7 +267,9 @@ def brain_mask(channel: np.ndarray, spacing: tuple[float, ...], erosion_mm: floa
         return ndimage.binary_fill_holes(head)
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
     # the largest part, and any part at least BRAIN_PART_SHARE of it: a brain cut in two by missing
-    # (zeroed) slices keeps both halves, while eyes and scalp islands (a few % of it) go
+    # (zeroed) slices keeps both halves, while eyes and scalp islands (a few % of it) go; a thick scalp
+    # survives the erosion as a shell around the brain, which no brain part is
+    sizes = _without_shells(labels, sizes)
     brain = np.isin(labels, 1 + np.flatnonzero(sizes >= BRAIN_PART_SHARE * sizes.max()))
     brain = ndimage.binary_dilation(brain, structure=ball) & (x > 0)
     return ndimage.binary_fill_holes(brain)
@@ -275,6 +277,42 @@ def brain_mask(channel: np.ndarray, spacing: tuple[float, ...], erosion_mm: floa
 
 BRAIN_PART_SHARE = 0.2
 """Smallest part of the eroded head kept beside the largest, as a share of it."""
+
+
+def _encloses(outer: np.ndarray, inner: np.ndarray) -> bool:
+    """Whether ``outer`` surrounds most of ``inner`` within the slices of some axis (a shell, open at its ends or not).
+
+    Surrounded: from a voxel of ``inner``, the four rays within its slice (both ways along the two
+    other axes) all meet ``outer``.  Rays, not hole filling, so that a shell that erosion left with
+    gaps still counts; a brain half beside the other half meets it along one ray only.
+    """
+    for axis in range(3):
+        hit = np.ones(outer.shape, bool)
+        for along in (a for a in range(3) if a != axis):
+            hit &= np.logical_or.accumulate(outer, axis=along)
+            hit &= np.flip(np.logical_or.accumulate(np.flip(outer, along), axis=along), along)
+        if hit[inner].mean() > 0.5:
+            return True
+    return False
+
+
+def _without_shells(labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``sizes`` with 0 for the parts that surround another large part: scalp that outlasted the erosion.
+
+    A scalp thicker than twice the erosion depth (fat, 7 mm and more) stays one part around the
+    brain, possibly larger than it; kept, it and everything inside it (skull, CSF) would be filled in
+    as brain.  Only parts of at least :data:`BRAIN_PART_SHARE` of the largest are looked at.
+    """
+    large = np.flatnonzero(sizes >= BRAIN_PART_SHARE * sizes.max())
+    if len(large) < 2:
+        return sizes
+    large = large[np.argsort(sizes[large])[::-1]]
+    out = sizes.copy()
+    for i in large:
+        other = next(j for j in large if j != i)  # the largest other part
+        if _encloses(labels == i + 1, labels == other + 1):
+            out[i] = 0
+    return out if out.max() > 0 else sizes
 
 
 def _nonnegative(image: np.ndarray) -> np.ndarray:
