@@ -331,3 +331,15 @@ def test_eta_counts_the_cells_running_side_by_side():
     assert remaining_seconds([700.0, 740.0], 20, 2) == 720.0 * 10
     assert remaining_seconds([600.0], 1, 2) == 600.0  # one cell left runs alone
     assert remaining_seconds([], 5, 2) == 0.0 and remaining_seconds([600.0], 0, 2) == 0.0
+
+
+def test_ranking_leaves_out_arms_with_too_few_runs():
+    """An arm of two runs once topped the ranking and left every other arm 'without a verdict'."""
+    from lesionseg.study.verdicts import ranking
+
+    results = synthetic_results()
+    lucky = results[(results.loss == "focal") & (results["head"] == "sigmoid") & (results.fold != "M18")].copy()
+    lucky["loss"], lucky["lesion_f1"] = "lucky", 0.99
+    lines = ranking(pd.concat([results, lucky], ignore_index=True))
+    assert lines[0].startswith("- best mean lesion F1 (tuned): `focal × ") and "over 3 run(s)" in lines[0]
+    assert lines[-1] == "- not ranked yet (fewer than 3 runs): `lucky × sigmoid`"

@@ -187,6 +187,10 @@ def ranking(results: pd.DataFrame, variant: str = "tuned") -> list[str]:
         return [f"- no `{variant}` rows yet"]
     runs = runs.assign(arm=runs["loss"].astype(str) + " × " + runs["head"].astype(str))
     means = runs.groupby("arm").lesion_f1.agg(["mean", "std", "count"]).sort_values("mean", ascending=False)
+    unranked = [f"`{arm}`" for arm in means.index[means["count"] < MIN_PAIRS]]
+    means = means[means["count"] >= MIN_PAIRS]  # a mean of one or two runs is one or two exams' luck
+    if means.empty:
+        return [f"- no loss × head has {MIN_PAIRS} `{variant}` runs yet"]
     best = str(means.index[0])
     lines = [f"- best mean lesion F1 ({variant}): `{best}` {means['mean'].iloc[0]:.3f} over "
              f"{int(means['count'].iloc[0])} run(s)"]
@@ -205,6 +209,8 @@ def ranking(results: pd.DataFrame, variant: str = "tuned") -> list[str]:
         lines.append("- clearly below it: " + ", ".join(below))
     if few:
         lines.append(f"- fewer than {MIN_PAIRS} runs paired with it (no verdict yet): " + ", ".join(few))
+    if unranked:
+        lines.append(f"- not ranked yet (fewer than {MIN_PAIRS} runs): " + ", ".join(unranked))
     return lines
 
 
