@@ -161,3 +161,18 @@ def test_the_members_common_split_goes_with_the_ensemble_and_a_new_folder_says_n
     assert (tmp_path / "ens" / "history.csv").read_text().endswith("seed0\n")
     assert (tmp_path / "ens" / "members" / "member_1.history.csv").read_text().endswith("seed1\n")
     assert "ensemble of 2 models" in caplog.text and "replaced" not in caplog.text
+
+
+def test_members_trained_on_other_exams_leave_a_split_naming_who_trained_on_what(two_runs, tmp_path):
+    a, b = two_runs  # e.g. two fold models of a cross-validation
+    (a / "split.csv").write_text("case,group,side\nc1,p1,train\nc2,p2,train\nc3,p3,val\n")
+    (b / "split.csv").write_text("case,group,side\nc1,p1,train\nc3,p3,train\nc2,p2,val\n")
+    assert main(["ensemble", "--runs", str(a), str(b), "--out", str(tmp_path / "ens")]) == 0
+    lines = (tmp_path / "ens" / "split.csv").read_text().splitlines()
+    assert lines == ["case,group,side,trained_by", "c1,p1,train,model.keras members/member_1.keras",
+                     "c2,p2,train,model.keras", "c3,p3,train,members/member_1.keras"]
+    record = json.loads((tmp_path / "ens" / ENSEMBLE_FILE).read_text())
+    assert record["training_exams"].startswith("differ between members")
+    (b / "split.csv").write_text("name,role\nc1,train\n")  # not a lesionseg split: named, nothing written
+    assert main(["ensemble", "--runs", str(a), str(b), "--out", str(tmp_path / "ens2")]) == 1
+    assert not (tmp_path / "ens2").exists() or not any((tmp_path / "ens2").iterdir())

@@ -192,11 +192,17 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, overwrite: bool 
         if (runs[0] / CURVES_FILE).is_file():
             shutil.copy2(runs[0] / CURVES_FILE, tmp / CURVES_FILE)
         splits = [r / SPLIT_FILE for r in runs]
+        training_exams = "not recorded (a member has no split.csv)"
         if all(f.is_file() for f in splits) and len({f.read_bytes() for f in splits}) == 1:
             shutil.copy2(splits[0], tmp / SPLIT_FILE)  # every member trained on the same exams: say which
+            training_exams = f"the same for every member ({SPLIT_FILE})"
+        elif all(f.is_file() for f in splits):  # e.g. the fold models of a cross-validation
+            _write_combined_split(splits, [m["file"] for m in members], tmp / SPLIT_FILE)
+            training_exams = f"differ between members ({SPLIT_FILE}: the members that trained on each exam)"
         record = {"members": members, "average": "lesion probability, per window, before the decision",
                   "config_from": str(runs[0]),
-                  "differences": _differences(configs)}
+                  "differences": _differences(configs),
+                  "training_exams": training_exams}
         (tmp / ENSEMBLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         out.mkdir(parents=True, exist_ok=True)
         if holds_run(out) or (out / ENSEMBLE_FILE).exists():
@@ -210,6 +216,35 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, overwrite: bool 
     log.info("ensemble of %d models: %s (probabilities averaged before the decision; "
              "tune it with lesionseg tune --model %s)", len(runs), out, out)
     return out
+
+
+def _write_combined_split(splits: Sequence[Path], files: Sequence[str], path: Path) -> None:
+    """``split.csv`` of members trained on different exams: case, group, side, trained_by.
+
+    ``side`` is ``train`` where at least one member trained on the exam (else what the members
+    say, e.g. ``val``); ``trained_by`` names those members' files, space-separated.  A split that
+    is not a lesionseg ``split.csv`` (no case/side columns) is an error naming it.
+    """
+    import csv
+
+    rows: dict[str, dict[str, object]] = {}
+    for split, file in zip(splits, files):
+        with open(split, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if not {"case", "side"} <= set(reader.fieldnames or ()):
+                raise LesionsegError(f"{split}: not a split.csv of lesionseg (needs case and side columns)")
+            for line in reader:
+                row = rows.setdefault(line["case"], {"group": line.get("group", ""), "sides": set(), "by": []})
+                row["sides"].add(line["side"])
+                if line["side"] == "train":
+                    row["by"].append(file)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["case", "group", "side", "trained_by"])
+        for case in sorted(rows):
+            row = rows[case]
+            side = "train" if row["by"] else "/".join(sorted(row["sides"]))
+            w.writerow([case, row["group"], side, " ".join(row["by"])])
 
 
 def _differences(configs: Sequence[Config]) -> dict[str, list[object]]:
