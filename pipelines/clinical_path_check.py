@@ -76,7 +76,12 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=SHARED)
     p.add_argument("--out", type=Path, default=Path("runs/clinical_path"))
     p.add_argument("--slice-mm", default="7")
+    p.add_argument("only", nargs="*", metavar="FOLD",
+                   help=f"predict only these folds ({', '.join(FOLDS)}; default all), e.g. while the others still "
+                        "train; the reports are written once every exam has its prediction")
     args = p.parse_args()
+    if set(args.only) - set(FOLDS):
+        p.error(f"unknown fold(s) {', '.join(sorted(set(args.only) - set(FOLDS)))}: choose from {', '.join(FOLDS)}")
     heads, thick, pred = args.out / "heads", args.out / "heads_thick", args.out / "pred"
     for cases in FOLDS.values():
         for case in cases:
@@ -84,6 +89,8 @@ def main() -> None:
     config = args.folds / "L07" / "config.yaml"
     run("thick-slices", "--config", str(config), "--data", str(heads), "--out", str(thick), "--slice-mm", args.slice_mm)
     for fold, cases in FOLDS.items():
+        if args.only and fold not in args.only:
+            continue
         held_out = args.out / "folds" / fold
         held_out.mkdir(parents=True, exist_ok=True)
         for case in cases:
@@ -91,6 +98,10 @@ def main() -> None:
             if not link.exists():
                 link.symlink_to((thick / case).resolve(), target_is_directory=True)
         run("infer", "--model", str(args.folds / fold), "--input", str(held_out), "--out", str(pred))
+    waiting = [c for cases in FOLDS.values() for c in cases if not (pred / f"{c}_prob.nii.gz").is_file()]
+    if waiting:
+        print(f"no report yet: {', '.join(waiting)} not predicted (run the other folds)")
+        return
     run("evaluate", "--pred", str(pred), "--truth", str(thick), "--out", str(args.out / "report"), "--allow-mixed")
     untuned = args.out / "pred_untuned"  # the same probability maps at 0.5, no size filter
     untuned_predictions(pred, untuned)
