@@ -1,0 +1,133 @@
+"""The decision chosen on the *other* patients' held-out predictions (cross-fold), then scored.
+
+A fold model tuned on its own training exams is more confident there than on a new patient, so
+the decision it picks does not transfer (README, *`tissue_ratio` on the clinical path*).  Here
+each held-out patient's decision is chosen on the probability maps the other folds' models made
+of *their* held-out patients — predictions as uncertain as a new patient's — and never on the
+patient it is applied to.  The same search over every patient gives the decision a model
+trained on all of them would store.  Reads a ``clinical_path_check.py`` folder (``pred/`` lesion
+probabilities on each exam's thick grid, ``heads_thick/`` truth)::
+
+    python pipelines/cross_fold_decision.py runs/clinical_path/R --out studies/clinical_path/R_cross_fold
+    python pipelines/cross_fold_decision.py runs/clinical_path/R --peaks 0.5 0.7 0.8 0.9 0.95   # with a peak rule
+
+Decisions searched: threshold × minimum lesion size (mm³) × (with ``--peaks``) the peak a
+component's probability must reach to be kept (its extent stays the threshold's), ranked as
+``lesionseg tune`` ranks them (pooled lesion F1, then mean Dice; over-segmenting settings last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from lesionseg.config import EvaluateConfig, InferConfig
+from lesionseg.data.labels import component_sizes
+from lesionseg.evaluation.lesions import evaluate_case
+from lesionseg.evaluation.scoring import CaseCounts, pool_counts
+from lesionseg.inference.atlas import component_atlas_max
+from lesionseg.inference.postprocess import decide
+from lesionseg.inference.tune import tune_threshold_and_size
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clinical_path_check import FOLDS  # noqa: E402
+
+#: the grid of ``lesionseg tune`` (``infer.tune_thresholds`` / ``infer.tune_min_sizes_mm3`` defaults), fixed
+#: before any cross-fold result was seen
+THRESHOLDS = InferConfig().tune_thresholds
+MIN_SIZES = InferConfig().tune_min_sizes_mm3
+UNTUNED = {"threshold": 0.5, "min_lesion_mm3": 0.0, "min_peak": 0.0}
+
+
+def load_exams(check_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
+    """Per exam: lesion probability, truth, voxel size (the thick grid)."""
+    exams = {}
+    for cases in FOLDS.values():
+        for case in cases:
+            prob = nib.load(check_dir / "pred" / f"{case}_prob.nii.gz")
+            truth = nib.load(check_dir / "heads_thick" / case / "lesion_mask.nii.gz")
+            exams[case] = (np.asarray(prob.dataobj, np.float32), np.asarray(truth.dataobj) > 0,
+                           tuple(float(z) for z in prob.header.get_zooms()[:3]))
+    return exams
+
+
+def choose(exams: dict, cases: list[str], peaks: tuple[float, ...]) -> dict[str, float]:
+    """The best (threshold, min size, peak) on these exams."""
+    probs = [exams[c][0] for c in cases]
+    result = tune_threshold_and_size(probs, [exams[c][1] for c in cases], [exams[c][2] for c in cases],
+                                     THRESHOLDS, MIN_SIZES, atlases=probs if len(peaks) > 1 else None,
+                                     min_atlas=peaks)
+    return {"threshold": result.threshold, "min_lesion_mm3": result.min_lesion_mm3,
+            "min_peak": result.min_atlas if result.min_atlas is not None else 0.0,
+            "f1_where_chosen": round(result.lesion_f1, 4)}
+
+
+def apply(prob: np.ndarray, truth: np.ndarray, zoom: tuple[float, ...], decision: dict[str, float]) -> CaseCounts:
+    """The decision's counts on one exam."""
+    labels, sizes = component_sizes(decide(prob, decision["threshold"]), 26)
+    peaks = component_atlas_max(labels, sizes.size, prob)
+    keep = (sizes * float(np.prod(zoom)) >= decision["min_lesion_mm3"] * (1 - 1e-9)) & (peaks >= decision["min_peak"])
+    keep[0] = False
+    return CaseCounts.of(evaluate_case(truth.astype(np.uint8), keep[labels].astype(np.uint8), zoom, EvaluateConfig()))
+
+
+def cross_fold(exams: dict, folds: dict[str, list[str]], peaks: tuple[float, ...] = (0.0,)
+               ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Per exam, its counts at 0.5 and at the decision chosen on the other folds' exams; the decisions.
+
+    ``exams``: case -> (probability, truth, voxel size); ``folds``: fold -> its held-out cases.  The
+    decision of fold F is chosen on every case of the other folds and applied to F's cases only;
+    ``decisions["all"]`` is chosen on every case (what a model trained on all folds would store).
+    """
+    rows, decisions = [], {}
+    for fold, held_out in folds.items():
+        others = [c for f, cases in folds.items() if f != fold for c in cases]
+        decisions[fold] = choose(exams, others, peaks)
+        for case in held_out:
+            for rule, decision in (("0.5, no size filter", UNTUNED),
+                                   ("chosen on the other folds' held-out exams", decisions[fold])):
+                counts = apply(*exams[case], decision)
+                rows.append({"decision": rule, "case": case, "fold": fold, **{k: decision[k] for k in
+                             ("threshold", "min_lesion_mm3", "min_peak")}, **counts.__dict__})
+    decisions["all"] = choose(exams, [c for cases in folds.values() for c in cases], peaks)
+    return pd.DataFrame(rows), decisions
+
+
+def pooled(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per decision rule: counts summed over the exams, lesion precision/recall/F1, mean Dice."""
+    out = []
+    for rule, group in table.groupby("decision", sort=False):
+        p = pool_counts([CaseCounts(**{k: r[k] for k in CaseCounts.__dataclass_fields__}) for _, r in group.iterrows()])
+        out.append({"decision": rule, "GT": p.GT, "TP": p.TP, "FP": p.FP, "FN": p.FN,
+                    "lesion_precision": round(p.lesion_precision, 3), "lesion_recall": round(p.lesion_recall, 3),
+                    "lesion_f1": round(p.lesion_f1, 3), "dice_mean": round(p.dice_mean, 3)})
+    return pd.DataFrame(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("check_dir", type=Path, help="a clinical_path_check.py --out folder with every fold predicted")
+    p.add_argument("--peaks", type=float, nargs="+", default=[0.0], metavar="H",
+                   help="peak cut-offs to search too (0: none; default: no peak rule)")
+    p.add_argument("--out", type=Path, help="folder for cross_fold.csv, cross_fold_cases.csv, decisions.json")
+    args = p.parse_args()
+    table, decisions = cross_fold(load_exams(args.check_dir), FOLDS, tuple(sorted(set(args.peaks) | {0.0})))
+    summary = pooled(table)
+    print(summary.to_string(index=False))
+    print(json.dumps(decisions, indent=1))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out / "cross_fold_cases.csv", index=False)
+        summary.to_csv(args.out / "cross_fold.csv", index=False)
+        (args.out / "decisions.json").write_text(json.dumps(decisions, indent=2) + "\n")
+        print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
