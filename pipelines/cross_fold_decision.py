@@ -10,6 +10,13 @@ probabilities on each exam's thick grid, ``heads_thick/`` truth)::
 
     python pipelines/cross_fold_decision.py runs/clinical_path/R --out studies/clinical_path/R_cross_fold
     python pipelines/cross_fold_decision.py runs/clinical_path/R --peaks 0.5 0.7 0.8 0.9 0.95   # with a peak rule
+    python pipelines/cross_fold_decision.py runs/clinical_path/R runs/clinical_path/R_s1 --out ...  # their ensemble
+
+Several folders: each exam's maps are averaged, which is what the ensemble of the folders' fold models
+(``lesionseg ensemble``) predicts — it averages the members' probabilities on the 1 mm working grid and
+resamples that linearly to the exam's grid, so the order does not matter (largest difference 3e-7 on a
+P14 exam).  The folders must hold the same exams on the same grid (the same ``clinical_path_check.py``
+heads): their truth is read from the first.
 
 Decisions searched: threshold × minimum lesion size (mm³) × (with ``--peaks``) the peak a
 component's probability must reach to be kept (its extent stays the threshold's), ranked as
@@ -45,15 +52,25 @@ MIN_SIZES = InferConfig().tune_min_sizes_mm3
 UNTUNED = {"threshold": 0.5, "min_lesion_mm3": 0.0, "min_peak": 0.0}
 
 
-def load_exams(check_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
-    """Per exam: lesion probability, truth, voxel size (the thick grid)."""
+def load_exams(*check_dirs: Path) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
+    """Per exam: lesion probability (the mean over ``check_dirs``), truth, voxel size (the thick grid)."""
     exams = {}
     for cases in FOLDS.values():
         for case in cases:
-            prob = nib.load(check_dir / "pred" / f"{case}_prob.nii.gz")
-            truth = nib.load(check_dir / "heads_thick" / case / "lesion_mask.nii.gz")
-            exams[case] = (np.asarray(prob.dataobj, np.float32), np.asarray(truth.dataobj) > 0,
-                           tuple(float(z) for z in prob.header.get_zooms()[:3]))
+            paths = [d / "pred" / f"{case}_prob.nii.gz" for d in check_dirs] + [
+                check_dirs[0] / "heads_thick" / case / "lesion_mask.nii.gz"]
+            missing = [str(path) for path in paths if not path.is_file()]
+            if missing:
+                raise SystemExit(f"{missing[0]}: missing (run clinical_path_check.py for every fold first)")
+            imgs = [nib.load(path) for path in paths[:-1]]
+            for d, img in zip(check_dirs[1:], imgs[1:]):
+                if img.shape != imgs[0].shape or not np.allclose(img.affine, imgs[0].affine, atol=1e-5):
+                    raise SystemExit(f"{d / 'pred' / f'{case}_prob.nii.gz'}: not on the grid of "
+                                     f"{check_dirs[0] / 'pred' / f'{case}_prob.nii.gz'}; average checks of the same heads")
+            prob = np.mean([np.asarray(img.dataobj, np.float32) for img in imgs], axis=0, dtype=np.float32)
+            truth = nib.load(paths[-1])
+            exams[case] = (prob, np.asarray(truth.dataobj) > 0,
+                           tuple(float(z) for z in imgs[0].header.get_zooms()[:3]))
     return exams
 
 
@@ -112,12 +129,13 @@ def pooled(table: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check_dir", type=Path, help="a clinical_path_check.py --out folder with every fold predicted")
+    p.add_argument("check_dirs", type=Path, nargs="+", metavar="CHECK_DIR",
+                   help="a clinical_path_check.py --out folder with every fold predicted; several: their ensemble")
     p.add_argument("--peaks", type=float, nargs="+", default=[0.0], metavar="H",
                    help="peak cut-offs to search too (0: none; default: no peak rule)")
     p.add_argument("--out", type=Path, help="folder for cross_fold.csv, cross_fold_cases.csv, decisions.json")
     args = p.parse_args()
-    table, decisions = cross_fold(load_exams(args.check_dir), FOLDS, tuple(sorted(set(args.peaks) | {0.0})))
+    table, decisions = cross_fold(load_exams(*args.check_dirs), FOLDS, tuple(sorted(set(args.peaks) | {0.0})))
     summary = pooled(table)
     print(summary.to_string(index=False))
     print(json.dumps(decisions, indent=1))

@@ -36,3 +36,40 @@ def test_each_fold_gets_the_decision_of_the_other_folds_never_its_own():
     assert decisions["all"]["threshold"] > 0.975
     summary = module.pooled(table).set_index("decision")
     assert summary.loc["0.5, no size filter", "TP"] == 3 and summary.loc["0.5, no size filter", "FP"] == 2
+
+
+def _write_check(root, probs: dict, shift: float = 0.0) -> None:
+    """A ``clinical_path_check.py`` output: ``pred/<case>_prob.nii.gz`` and ``heads_thick/<case>/lesion_mask``."""
+    import nibabel as nib
+
+    affine = np.diag([0.9, 0.9, 7.0, 1.0])
+    affine[0, 3] = shift
+    for case, prob in probs.items():
+        (root / "pred").mkdir(parents=True, exist_ok=True)
+        (root / "heads_thick" / case).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(prob, affine), root / "pred" / f"{case}_prob.nii.gz")
+        nib.save(nib.Nifti1Image((prob > 0.5).astype(np.uint8), affine), root / "heads_thick" / case / "lesion_mask.nii.gz")
+
+
+def test_several_checks_are_scored_as_their_ensemble_and_must_share_the_grid(tmp_path):
+    import pytest
+
+    module = load_pipeline("cross_fold_decision")
+    cases = [c for fold in module.FOLDS.values() for c in fold]
+    rng = np.random.default_rng(0)
+    a = {c: rng.random((6, 5, 4), dtype=np.float32) for c in cases}
+    b = {c: rng.random((6, 5, 4), dtype=np.float32) for c in cases}
+    _write_check(tmp_path / "a", a)
+    _write_check(tmp_path / "b", b)
+    exams = module.load_exams(tmp_path / "a", tmp_path / "b")
+    for c in cases:
+        prob, truth, zooms = exams[c]
+        np.testing.assert_allclose(prob, (a[c] + b[c]) / 2, rtol=1e-6)
+        assert np.array_equal(truth, a[c] > 0.5)  # truth from the first folder
+        assert zooms == pytest.approx((0.9, 0.9, 7.0))
+    _write_check(tmp_path / "moved", b, shift=3.0)
+    with pytest.raises(SystemExit, match="not on the grid"):
+        module.load_exams(tmp_path / "a", tmp_path / "moved")
+    (tmp_path / "b" / "pred" / f"{cases[-1]}_prob.nii.gz").unlink()
+    with pytest.raises(SystemExit, match=f"{cases[-1]}_prob.nii.gz: missing"):
+        module.load_exams(tmp_path / "a", tmp_path / "b")
