@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("only", nargs="*", metavar="FOLD",
                    help=f"predict only these folds ({', '.join(FOLDS)}; default all), e.g. while the others still "
                         "train; the reports are written once every exam has its prediction")
+    p.add_argument("--infer-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to lesionseg infer as --set (repeatable), e.g. infer.tta_flips=[0]")
     args = p.parse_args()
     if set(args.only) - set(FOLDS):
         p.error(f"unknown fold(s) {', '.join(sorted(set(args.only) - set(FOLDS)))}: choose from {', '.join(FOLDS)}")
@@ -97,7 +99,8 @@ def main() -> None:
             link = held_out / case
             if not link.exists():
                 link.symlink_to((thick / case).resolve(), target_is_directory=True)
-        run("infer", "--model", str(args.folds / fold), "--input", str(held_out), "--out", str(pred))
+        run("infer", "--model", str(args.folds / fold), "--input", str(held_out), "--out", str(pred),
+            *[arg for kv in args.infer_set for arg in ("--set", kv)])
     waiting = [c for cases in FOLDS.values() for c in cases if not (pred / f"{c}_prob.nii.gz").is_file()]
     if waiting:
         print(f"no report yet: {', '.join(waiting)} not predicted (run the other folds)")

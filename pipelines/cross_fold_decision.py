@@ -10,13 +10,18 @@ probabilities on each exam's thick grid, ``heads_thick/`` truth)::
 
     python pipelines/cross_fold_decision.py runs/clinical_path/R --out studies/clinical_path/R_cross_fold
     python pipelines/cross_fold_decision.py runs/clinical_path/R --peaks 0.5 0.7 0.8 0.9 0.95   # with a peak rule
+    python pipelines/cross_fold_decision.py runs/clinical_path/R --thresholds 0.5 0.9 0.99 0.995 0.999   # another grid
     python pipelines/cross_fold_decision.py runs/clinical_path/R runs/clinical_path/R_s1 --out ...  # their ensemble
+    python pipelines/cross_fold_decision.py runs/clinical_path/R runs/clinical_path/R_s1 --side-by-side --out ...
 
 Several folders: each exam's maps are averaged, which is what the ensemble of the folders' fold models
 (``lesionseg ensemble``) predicts — it averages the members' probabilities on the 1 mm working grid and
 resamples that linearly to the exam's grid, so the order does not matter (largest difference 3e-7 on a
 P14 exam).  The folders must hold the same exams on the same grid (the same ``clinical_path_check.py``
-heads): their truth is read from the first.
+heads): their truth is read from the first.  ``--side-by-side``: each folder's networks stay apart
+(seeds of one recipe, say); a fold's decision is chosen on every folder's maps of the other folds
+and applied to each folder's maps of its own, so the decision depends less on one seed's luck;
+results per folder (``network``) and over all of them.
 
 Decisions searched: threshold × minimum lesion size (mm³) × (with ``--peaks``) the peak a
 component's probability must reach to be kept (its extent stays the threshold's), ranked as
@@ -74,11 +79,12 @@ def load_exams(*check_dirs: Path) -> dict[str, tuple[np.ndarray, np.ndarray, tup
     return exams
 
 
-def choose(exams: dict, cases: list[str], peaks: tuple[float, ...]) -> dict[str, float]:
+def choose(exams: dict, cases: list[str], peaks: tuple[float, ...], thresholds: tuple[float, ...] = THRESHOLDS
+           ) -> dict[str, float]:
     """The best (threshold, min size, peak) on these exams."""
     probs = [exams[c][0] for c in cases]
     result = tune_threshold_and_size(probs, [exams[c][1] for c in cases], [exams[c][2] for c in cases],
-                                     THRESHOLDS, MIN_SIZES, atlases=probs if len(peaks) > 1 else None,
+                                     thresholds, MIN_SIZES, atlases=probs if len(peaks) > 1 else None,
                                      min_atlas=peaks)
     return {"threshold": result.threshold, "min_lesion_mm3": result.min_lesion_mm3,
             "min_peak": result.min_atlas if result.min_atlas is not None else 0.0,
@@ -94,8 +100,8 @@ def apply(prob: np.ndarray, truth: np.ndarray, zoom: tuple[float, ...], decision
     return CaseCounts.of(evaluate_case(truth.astype(np.uint8), keep[labels].astype(np.uint8), zoom, EvaluateConfig()))
 
 
-def cross_fold(exams: dict, folds: dict[str, list[str]], peaks: tuple[float, ...] = (0.0,)
-               ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+def cross_fold(exams: dict, folds: dict[str, list[str]], peaks: tuple[float, ...] = (0.0,),
+               thresholds: tuple[float, ...] = THRESHOLDS) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """Per exam, its counts at 0.5 and at the decision chosen on the other folds' exams; the decisions.
 
     ``exams``: case -> (probability, truth, voxel size); ``folds``: fold -> its held-out cases.  The
@@ -105,23 +111,46 @@ def cross_fold(exams: dict, folds: dict[str, list[str]], peaks: tuple[float, ...
     rows, decisions = [], {}
     for fold, held_out in folds.items():
         others = [c for f, cases in folds.items() if f != fold for c in cases]
-        decisions[fold] = choose(exams, others, peaks)
+        decisions[fold] = choose(exams, others, peaks, thresholds)
         for case in held_out:
             for rule, decision in (("0.5, no size filter", UNTUNED),
                                    ("chosen on the other folds' held-out exams", decisions[fold])):
                 counts = apply(*exams[case], decision)
                 rows.append({"decision": rule, "case": case, "fold": fold, **{k: decision[k] for k in
                              ("threshold", "min_lesion_mm3", "min_peak")}, **counts.__dict__})
-    decisions["all"] = choose(exams, [c for cases in folds.values() for c in cases], peaks)
+    decisions["all"] = choose(exams, [c for cases in folds.values() for c in cases], peaks, thresholds)
     return pd.DataFrame(rows), decisions
 
 
+def side_by_side(check_dirs: list[Path], folds: dict[str, list[str]], peaks: tuple[float, ...] = (0.0,),
+                 thresholds: tuple[float, ...] = THRESHOLDS) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """:func:`cross_fold` over every folder's maps, each a separate exam; ``network`` names the folder."""
+    exams, keyed_folds = {}, {fold: [] for fold in folds}
+    for i, check_dir in enumerate(check_dirs):
+        for case, exam in load_exams(check_dir).items():
+            exams[f"{case}@{i}"] = exam
+        for fold, cases in folds.items():
+            keyed_folds[fold] += [f"{case}@{i}" for case in cases]
+    table, decisions = cross_fold(exams, keyed_folds, peaks, thresholds)
+    parts = table["case"].str.rsplit("@", n=1)
+    table.insert(1, "network", [str(check_dirs[int(part[1])]) for part in parts])
+    table["case"] = [part[0] for part in parts]
+    return table, decisions
+
+
 def pooled(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per decision rule: counts summed over the exams, lesion precision/recall/F1, mean Dice."""
+    """One row per decision rule (and per ``network``, when the table has one, then over all of them):
+    counts summed over the exams, lesion precision/recall/F1, mean Dice."""
+    groups = list(table.groupby("decision", sort=False))
+    if "network" in table:
+        groups = [((rule, network), g) for (rule, network), g in table.groupby(["decision", "network"], sort=False)] + [
+            ((rule, "all"), g) for rule, g in groups]
     out = []
-    for rule, group in table.groupby("decision", sort=False):
+    for rule, group in groups:
         p = pool_counts([CaseCounts(**{k: r[k] for k in CaseCounts.__dataclass_fields__}) for _, r in group.iterrows()])
-        out.append({"decision": rule, "GT": p.GT, "TP": p.TP, "FP": p.FP, "FN": p.FN,
+        network = {"network": rule[1]} if isinstance(rule, tuple) else {}
+        rule = rule[0] if isinstance(rule, tuple) else rule
+        out.append({"decision": rule, **network, "GT": p.GT, "TP": p.TP, "FP": p.FP, "FN": p.FN,
                     "lesion_precision": round(p.lesion_precision, 3), "lesion_recall": round(p.lesion_recall, 3),
                     "lesion_f1": round(p.lesion_f1, 3), "dice_mean": round(p.dice_mean, 3)})
     return pd.DataFrame(out)
@@ -133,9 +162,17 @@ def main() -> None:
                    help="a clinical_path_check.py --out folder with every fold predicted; several: their ensemble")
     p.add_argument("--peaks", type=float, nargs="+", default=[0.0], metavar="H",
                    help="peak cut-offs to search too (0: none; default: no peak rule)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS), metavar="T",
+                   help="thresholds searched (default: lesionseg tune's grid, 0.1-0.99)")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="several folders: keep their networks apart (not averaged); decisions chosen on all their maps")
     p.add_argument("--out", type=Path, help="folder for cross_fold.csv, cross_fold_cases.csv, decisions.json")
     args = p.parse_args()
-    table, decisions = cross_fold(load_exams(*args.check_dirs), FOLDS, tuple(sorted(set(args.peaks) | {0.0})))
+    peaks = tuple(sorted(set(args.peaks) | {0.0}))
+    if args.side_by_side:
+        table, decisions = side_by_side(args.check_dirs, FOLDS, peaks, tuple(args.thresholds))
+    else:
+        table, decisions = cross_fold(load_exams(*args.check_dirs), FOLDS, peaks, tuple(args.thresholds))
     summary = pooled(table)
     print(summary.to_string(index=False))
     print(json.dumps(decisions, indent=1))

@@ -73,3 +73,30 @@ def test_several_checks_are_scored_as_their_ensemble_and_must_share_the_grid(tmp
     (tmp_path / "b" / "pred" / f"{cases[-1]}_prob.nii.gz").unlink()
     with pytest.raises(SystemExit, match=f"{cases[-1]}_prob.nii.gz: missing"):
         module.load_exams(tmp_path / "a", tmp_path / "b")
+
+
+def test_side_by_side_chooses_each_fold_on_every_networks_other_folds(tmp_path):
+    module = load_pipeline("cross_fold_decision")
+    cases = [c for fold in module.FOLDS.values() for c in fold]
+    # network a: confident true lesions, false ones at 0.975; network b: the same but every false lesion at
+    # 0.3 -> a alone would need a cut above 0.975, b alone is perfect at 0.5
+    a = {c: _exam(0.999, 0.975)[0] for c in cases}
+    b = {c: _exam(0.999, 0.3)[0] for c in cases}
+    for name, maps in (("a", a), ("b", b)):
+        for case, prob in maps.items():
+            import nibabel as nib
+
+            (tmp_path / name / "pred").mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / "heads_thick" / case).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(prob, np.eye(4)), tmp_path / name / "pred" / f"{case}_prob.nii.gz")
+            nib.save(nib.Nifti1Image(_exam(1, 0)[1].astype(np.uint8), np.eye(4)),
+                     tmp_path / name / "heads_thick" / case / "lesion_mask.nii.gz")
+    table, decisions = module.side_by_side([tmp_path / "a", tmp_path / "b"], module.FOLDS)
+    assert set(table.network) == {str(tmp_path / "a"), str(tmp_path / "b")}
+    assert sorted(set(table.case)) == sorted(cases)  # the network is a column, not part of the case
+    assert all(d["threshold"] > 0.975 for d in decisions.values())  # a's false lesions decide for both
+    summary = module.pooled(table).set_index(["decision", "network"])
+    chosen = "chosen on the other folds' held-out exams"
+    assert summary.loc[(chosen, str(tmp_path / "b")), "FP"] == 0 and summary.loc[(chosen, str(tmp_path / "a")), "FP"] == 0
+    assert summary.loc[("0.5, no size filter", str(tmp_path / "a")), "FP"] == len(cases)
+    assert summary.loc[(chosen, "all"), "TP"] == 2 * len(cases)
