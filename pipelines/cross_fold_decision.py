@@ -11,6 +11,7 @@ probabilities on each exam's thick grid, ``heads_thick/`` truth)::
     python pipelines/cross_fold_decision.py runs/clinical_path/R --out studies/clinical_path/R_cross_fold
     python pipelines/cross_fold_decision.py runs/clinical_path/R --peaks 0.5 0.7 0.8 0.9 0.95   # with a peak rule
     python pipelines/cross_fold_decision.py runs/clinical_path/R --thresholds 0.5 0.9 0.99 0.995 0.999   # another grid
+    python pipelines/cross_fold_decision.py runs/clinical_path/R_5mm --fixed 0.99 20   # and a given decision
     python pipelines/cross_fold_decision.py runs/clinical_path/R runs/clinical_path/R_s1 --out ...  # their ensemble
     python pipelines/cross_fold_decision.py runs/clinical_path/R runs/clinical_path/R_s1 --side-by-side --out ...
 
@@ -101,20 +102,25 @@ def apply(prob: np.ndarray, truth: np.ndarray, zoom: tuple[float, ...], decision
 
 
 def cross_fold(exams: dict, folds: dict[str, list[str]], peaks: tuple[float, ...] = (0.0,),
-               thresholds: tuple[float, ...] = THRESHOLDS) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+               thresholds: tuple[float, ...] = THRESHOLDS, fixed: dict[str, float] | None = None
+               ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """Per exam, its counts at 0.5 and at the decision chosen on the other folds' exams; the decisions.
 
     ``exams``: case -> (probability, truth, voxel size); ``folds``: fold -> its held-out cases.  The
     decision of fold F is chosen on every case of the other folds and applied to F's cases only;
     ``decisions["all"]`` is chosen on every case (what a model trained on all folds would store).
+    ``fixed`` (threshold, min_lesion_mm3 and min_peak): a decision scored as it is on every case too, e.g.
+    a shipped model's on exams unlike those it was chosen on.
     """
     rows, decisions = [], {}
     for fold, held_out in folds.items():
         others = [c for f, cases in folds.items() if f != fold for c in cases]
         decisions[fold] = choose(exams, others, peaks, thresholds)
+        rules = [("0.5, no size filter", UNTUNED), ("chosen on the other folds' held-out exams", decisions[fold])]
+        if fixed is not None:
+            rules.append((f"fixed: {fixed['threshold']:g}, {fixed['min_lesion_mm3']:g} mm3", fixed))
         for case in held_out:
-            for rule, decision in (("0.5, no size filter", UNTUNED),
-                                   ("chosen on the other folds' held-out exams", decisions[fold])):
+            for rule, decision in rules:
                 counts = apply(*exams[case], decision)
                 rows.append({"decision": rule, "case": case, "fold": fold, **{k: decision[k] for k in
                              ("threshold", "min_lesion_mm3", "min_peak")}, **counts.__dict__})
@@ -123,7 +129,8 @@ def cross_fold(exams: dict, folds: dict[str, list[str]], peaks: tuple[float, ...
 
 
 def side_by_side(check_dirs: list[Path], folds: dict[str, list[str]], peaks: tuple[float, ...] = (0.0,),
-                 thresholds: tuple[float, ...] = THRESHOLDS) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+                 thresholds: tuple[float, ...] = THRESHOLDS, fixed: dict[str, float] | None = None
+                 ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """:func:`cross_fold` over every folder's maps, each a separate exam; ``network`` names the folder."""
     exams, keyed_folds = {}, {fold: [] for fold in folds}
     for i, check_dir in enumerate(check_dirs):
@@ -131,7 +138,7 @@ def side_by_side(check_dirs: list[Path], folds: dict[str, list[str]], peaks: tup
             exams[f"{case}@{i}"] = exam
         for fold, cases in folds.items():
             keyed_folds[fold] += [f"{case}@{i}" for case in cases]
-    table, decisions = cross_fold(exams, keyed_folds, peaks, thresholds)
+    table, decisions = cross_fold(exams, keyed_folds, peaks, thresholds, fixed)
     parts = table["case"].str.rsplit("@", n=1)
     table.insert(1, "network", [str(check_dirs[int(part[1])]) for part in parts])
     table["case"] = [part[0] for part in parts]
@@ -164,15 +171,21 @@ def main() -> None:
                    help="peak cut-offs to search too (0: none; default: no peak rule)")
     p.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS), metavar="T",
                    help="thresholds searched (default: lesionseg tune's grid, 0.1-0.99)")
+    p.add_argument("--fixed", type=float, nargs=2, metavar=("THRESHOLD", "MIN_MM3"),
+                   help="also score this decision on every exam (e.g. the shipped model's)")
     p.add_argument("--side-by-side", action="store_true",
                    help="several folders: keep their networks apart (not averaged); decisions chosen on all their maps")
     p.add_argument("--out", type=Path, help="folder for cross_fold.csv, cross_fold_cases.csv, decisions.json")
     args = p.parse_args()
     peaks = tuple(sorted(set(args.peaks) | {0.0}))
+    fixed = ({"threshold": args.fixed[0], "min_lesion_mm3": args.fixed[1], "min_peak": 0.0}
+             if args.fixed else None)
+    if args.fixed and not (0 < args.fixed[0] < 1 and args.fixed[1] >= 0):
+        p.error(f"--fixed {args.fixed[0]:g} {args.fixed[1]:g}: a threshold in (0, 1) and a size >= 0")
     if args.side_by_side:
-        table, decisions = side_by_side(args.check_dirs, FOLDS, peaks, tuple(args.thresholds))
+        table, decisions = side_by_side(args.check_dirs, FOLDS, peaks, tuple(args.thresholds), fixed)
     else:
-        table, decisions = cross_fold(load_exams(*args.check_dirs), FOLDS, peaks, tuple(args.thresholds))
+        table, decisions = cross_fold(load_exams(*args.check_dirs), FOLDS, peaks, tuple(args.thresholds), fixed)
     summary = pooled(table)
     print(summary.to_string(index=False))
     print(json.dumps(decisions, indent=1))

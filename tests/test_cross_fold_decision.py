@@ -100,3 +100,14 @@ def test_side_by_side_chooses_each_fold_on_every_networks_other_folds(tmp_path):
     assert summary.loc[(chosen, str(tmp_path / "b")), "FP"] == 0 and summary.loc[(chosen, str(tmp_path / "a")), "FP"] == 0
     assert summary.loc[("0.5, no size filter", str(tmp_path / "a")), "FP"] == len(cases)
     assert summary.loc[(chosen, "all"), "TP"] == 2 * len(cases)
+
+
+def test_a_fixed_decision_is_scored_on_every_exam_as_given():
+    module = load_pipeline("cross_fold_decision")
+    exams = {"a1": _exam(0.999, 0.975), "b1": _exam(0.96, 0.2)}
+    fixed = {"threshold": 0.97, "min_lesion_mm3": 0.0, "min_peak": 0.0}
+    table, _ = module.cross_fold(exams, {"A": ["a1"], "B": ["b1"]}, fixed=fixed)
+    rows = table[table.decision == "fixed: 0.97, 0 mm3"].set_index("case")
+    assert (rows.threshold == 0.97).all()
+    assert (rows.loc["a1", "TP"], rows.loc["a1", "FP"]) == (1, 1)  # 0.975 passes 0.97
+    assert (rows.loc["b1", "TP"], rows.loc["b1", "FP"]) == (0, 0)  # 0.96 does not
