@@ -77,6 +77,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/clinical_path"))
     p.add_argument("--slice-mm", default="7")
     p.add_argument("--gap-mm", default="0", help="gap between the thick slices (lesionseg thick-slices --gap-mm)")
+    p.add_argument("--in-plane-mm", default="0.9", help="in-plane voxel size (lesionseg thick-slices --in-plane-mm)")
     p.add_argument("only", nargs="*", metavar="FOLD",
                    help=f"predict only these folds ({', '.join(FOLDS)}; default all), e.g. while the others still "
                         "train; the reports are written once every exam has its prediction")
@@ -91,7 +92,7 @@ def main() -> None:
             wrap_in_head(args.data / case, heads)
     config = args.folds / "L07" / "config.yaml"
     run("thick-slices", "--config", str(config), "--data", str(heads), "--out", str(thick), "--slice-mm", args.slice_mm,
-        "--gap-mm", args.gap_mm)
+        "--gap-mm", args.gap_mm, "--in-plane-mm", args.in_plane_mm)
     for fold, cases in FOLDS.items():
         if args.only and fold not in args.only:
             continue
