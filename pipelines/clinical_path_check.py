@@ -86,11 +86,16 @@ def main() -> None:
     args = p.parse_args()
     if set(args.only) - set(FOLDS):
         p.error(f"unknown fold(s) {', '.join(sorted(set(args.only) - set(FOLDS)))}: choose from {', '.join(FOLDS)}")
+    # the thick slices need one fold's config (the folds differ only in their patients): the first that
+    # has finished among those asked for, so that a subset can be predicted while the others train
+    configs = [args.folds / f / "config.yaml" for f in (args.only or FOLDS)]
+    config = next((c for c in configs if c.is_file()), None)
+    if config is None:
+        p.error(f"{args.folds}: no trained fold among {', '.join(args.only or FOLDS)} (no config.yaml)")
     heads, thick, pred = args.out / "heads", args.out / "heads_thick", args.out / "pred"
     for cases in FOLDS.values():
         for case in cases:
             wrap_in_head(args.data / case, heads)
-    config = args.folds / "L07" / "config.yaml"
     run("thick-slices", "--config", str(config), "--data", str(heads), "--out", str(thick), "--slice-mm", args.slice_mm,
         "--gap-mm", args.gap_mm, "--in-plane-mm", args.in_plane_mm)
     for fold, cases in FOLDS.items():

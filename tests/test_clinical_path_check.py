@@ -57,3 +57,23 @@ def test_wrap_in_head_keeps_the_brain_where_it_was_and_grows_csf_skull_and_scalp
     assert levels["skull"] < 0.15 < levels["csf"] < 0.4 < levels["skin"] < 1.0 < levels["scalp"], levels
     assert (head[dist > 13.5] == 0).all()  # air: exact zeros, as a scanner's masked background
     assert head.min() >= 0
+
+
+def test_a_fold_subset_without_a_trained_fold_fails_before_writing_anything(tmp_path, monkeypatch, capsys):
+    """Predicting a subset while the others train: with none of the asked folds trained, one clear error."""
+    import sys
+
+    import pytest
+
+    module = _check_module()
+    folds = tmp_path / "lopo"
+    (folds / "L07").mkdir(parents=True)  # still training: no config.yaml yet
+    (folds / "M14").mkdir()
+    (folds / "M14" / "config.yaml").write_text("data: {}\n")  # trained, but not asked for
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["clinical_path_check.py", "--folds", str(folds), "--out", str(out), "L07"])
+    with pytest.raises(SystemExit) as exited:
+        module.main()
+    assert exited.value.code == 2
+    assert "no trained fold among L07" in capsys.readouterr().err
+    assert not out.exists()
