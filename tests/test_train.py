@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import shutil
@@ -77,6 +78,23 @@ def test_saved_model_emits_logits_and_predicts_volumes(smoke_run):
     assert_emits_logits(model, "sigmoid")
     out = np.asarray(model.predict_on_batch(np.zeros((1, 16, 16, 16, 2), np.float32)))
     assert out.shape == (1, 16, 16, 16, 1)
+
+
+def test_saved_model_holds_the_network_alone_and_the_checkpoint_the_optimizer(smoke_run):
+    """model.keras leaves Adam's variables out (a third of the file); resume reads them from checkpoint/."""
+    import zipfile
+
+    from lesionseg.model.unet import load_model
+
+    with zipfile.ZipFile(smoke_run / "model.keras") as zf:
+        config = json.loads(zf.read("config.json"))
+        weights = zf.read("model.weights.h5")
+    assert not config.get("compile_config")  # no optimizer, loss or metrics
+    assert b"optimizer" not in weights
+    model = load_model(smoke_run / "model.keras")
+    with np.load(smoke_run / "checkpoint" / "last.npz") as ckpt:
+        optimizer_values = sum(ckpt[k].size for k in ckpt.files if k.startswith("o"))
+    assert optimizer_values >= 2 * sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
 def test_bfloat16_training_learns_and_saves_a_float32_model(data, tmp_path):

@@ -257,6 +257,19 @@ def float32_model(model: keras.Model) -> keras.Model:
     return copy
 
 
+def uncompiled_copy(model: keras.Model) -> keras.Model:
+    """The same network and weights without optimizer, loss or metrics (``model`` if it has none).
+
+    What ``model.keras`` holds: the optimizer's variables (two per weight under Adam) are for
+    resuming training, which reads them from the run's checkpoint instead.
+    """
+    if getattr(model, "optimizer", None) is None:
+        return model
+    copy = model.__class__.from_config(model.get_config())  # clone_model would compile the copy too
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def inference_model(model: keras.Model, cfg: ModelConfig, precision: str = "float32") -> keras.Model:
     """A faster copy of a trained U-Net for inference: batch norm folded into the convolutions.
 

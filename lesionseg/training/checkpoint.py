@@ -310,15 +310,17 @@ def resumed_history(run_dir: Path, epoch: int) -> list[dict[str, Any]]:
 
 
 def save_model(model: Any, path: Path) -> None:
-    """``model.save`` through a temporary file (never a half-written model).
+    """``model.save`` through a temporary file (never a half-written model), the network alone.
 
     A mixed-precision model is saved as its float32 copy
     (:func:`lesionseg.model.unet.float32_model`): inference picks its own precision.
+    The optimizer is left out: ``--resume`` reads its variables from ``checkpoint/``,
+    inference and tuning never need them, and under Adam they would triple the file.
     """
-    from lesionseg.model.unet import float32_model
+    from lesionseg.model.unet import float32_model, uncompiled_copy
 
     with writing.atomic_path(path) as tmp:
-        float32_model(model).save(tmp)
+        uncompiled_copy(float32_model(model)).save(tmp)
 
 
 def save_best(model: Any, run_dir: Path, evaluations: Sequence[Any] | None, evaluate_cfg: Any) -> None:
