@@ -83,12 +83,12 @@ train-ms: install  ## real MS exams: models/ms_flair_t1 as shipped (all 6 exams,
 	$(LESIONSEG) evaluate --pred runs/ms_t1_all/fit_pred --truth ../shared/data/ms_lesions --out runs/ms_t1_all/fit_report --config runs/ms_t1_all/config.yaml
 	@echo "python pipelines/ms_experiments.py ship --run runs/ms_t1_all --to models/ms_flair_t1   # to replace the shipped model"
 
-train-ms-flair: install  ## real MS exams: models/ms_flair as shipped (6 exams + 12 made by the clinical path, FLAIR only, torch, 12,800 patches; decision 0.99 / 20 mm3 chosen across folds) -> runs/ms_flair_clinvis_all
+train-ms-flair: install  ## real MS exams: models/ms_flair as shipped (6 exams + 12 made by the clinical path, FLAIR only, depth 3, torch, 12,800 patches; decision 0.99 / 0 mm3 chosen across folds) -> runs/ms_flair_clinvis_all
 	$(BIN)/python -m pip install -q -e '.[dev,torch]'
 	test -d runs/ms_thick || $(LESIONSEG) thick-slices --config pipelines/ms_flair.toml --data ../shared/data/ms_lesions --out runs/ms_thick --slice-mm 7
 	$(BIN)/python pipelines/clinical_training_set.py --config pipelines/ms_flair.toml --out runs/clinical_train_visible_all --visible-only --link-exams
 	KERAS_BACKEND=torch $(LESIONSEG) train --config pipelines/ms_flair.toml --data runs/clinical_train_visible_all --out runs/ms_flair_clinvis_all --overwrite --set train.threads=1 $(SET)
-	$(LESIONSEG) tune --model runs/ms_flair_clinvis_all --data runs/ms_thick --set infer.overlap=0.25 --set 'infer.tune_thresholds=[0.99]' --set 'infer.tune_min_sizes_mm3=[20]'
+	$(LESIONSEG) tune --model runs/ms_flair_clinvis_all --data runs/ms_thick --set infer.overlap=0.25 --set 'infer.tune_thresholds=[0.99]' --set 'infer.tune_min_sizes_mm3=[0]'
 	@echo "python pipelines/ms_experiments.py ship --run runs/ms_flair_clinvis_all --to models/ms_flair   # to replace the shipped model"
 
 crossval-ms: install  ## real MS exams: both folds, then the per-exam table (runs/ms_per_exam.csv)
