@@ -139,3 +139,29 @@ def test_check_measures_the_patch_on_the_working_grid_and_warns_about_missing_or
     assert "no orientation (qform and sform codes are 0)" in out
     main(args)  # no resampling: the file's own 20 slices are what the network sees
     assert "volume (40, 40, 20) is smaller than the patch (32, 32, 32)" in capsys.readouterr().out
+
+
+def test_check_says_what_infer_will_do_with_a_raw_head_also_stored_as_4d(tmp_path, capsys):
+    """A head with skull, 7 mm slices, saved as a 4D file of one volume (as some converters write it):
+    two warnings that name what infer does, no crash (the skull test read the 4D array as it was)."""
+    import nibabel as nib
+
+    from lesionseg.data.synthetic import generate_case, with_head
+
+    head = with_head(generate_case("h", 3, (64, 64, 64), 5), seed=3)
+    thick = np.pad(head.flair, 24)[:, :, ::7]  # air of exact zeros around the head: the skull test decides
+    affine = np.diag([1.0, 1.0, 7.0, 1.0])
+    for name, data in (("as3d", thick), ("as4d", thick[..., None])):
+        (tmp_path / name).mkdir()
+        nib.save(nib.Nifti1Image(data.astype(np.float32), affine), tmp_path / name / "flair.nii.gz")
+    (tmp_path / "stripped").mkdir()
+    nib.save(nib.Nifti1Image(generate_case("s", 3, (64, 64, 64), 5).flair.astype(np.float32), np.eye(4)),
+             tmp_path / "stripped" / "flair.nii.gz")
+    code = main(["check", str(tmp_path), "--no-mask", "--channels", "flair", "--set", "preprocess.spacing=[1,1,1]",
+                 "--set", "preprocess.brain_extraction=true"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for name in ("as3d", "as4d"):
+        assert f"WARNING {name}/flair.nii.gz: anisotropic voxels (1 x 1 x 7 mm); infer resamples it" in out
+        assert f"WARNING {name}/flair.nii.gz: looks not skull-stripped" in out and "infer extracts the brain" in out
+    assert "stripped/flair.nii.gz: looks not" not in out and "stripped/flair.nii.gz: anisotropic" not in out

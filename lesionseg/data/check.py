@@ -195,8 +195,8 @@ def _check_processing(grids: list[tuple[Grid, Path]], preprocess: PreprocessConf
     if min(n * z for n, z in zip(grid.shape, zooms)) < HEAD_FOV_MM:
         return  # a crop, not a head: no skull to look for
     try:
-        data = np.asarray(nib.load(str(path)).dataobj)
-    except Exception:  # unreadable files are reported by the grid checks
+        data, _ = read_image(path)  # a 4D file of one volume read as 3D, as infer reads it
+    except LesionsegError:  # unreadable, NaN or constant files are reported by the channel checks
         return
     if not looks_skull_stripped(data, tuple(zooms)):  # the test infer's brain extraction makes
         zero_share = float(np.mean(data == 0))
