@@ -66,9 +66,10 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check",
         help="validate every case of a data folder",
-        description="Validate every case: missing or unreadable files, not 3D, shapes or "
-        "affines that differ between channels and mask, non-binary mask, NaN/Inf, constant "
-        "images (errors); empty masks and volumes smaller than a patch (warnings). Prints a "
+        description="Validate every case: missing or unreadable files, not 3D, a singular affine, "
+        "shapes or affines that differ between channels and mask, non-binary mask, NaN/Inf, constant "
+        "images (errors); empty masks, volumes smaller than a patch, no orientation, and exams that "
+        "look unprocessed (thick slices, skull) with what infer will do about them (warnings). Prints a "
         "table of cases and one line per problem; exits 1 if any error was found.",
     )
     p.add_argument("data", type=Path, help="data folder (DATA/<case>/<channel>.nii.gz)")

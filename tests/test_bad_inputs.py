@@ -113,6 +113,15 @@ def _nan(case: Path) -> None:
     write_nifti(case / "t1.nii.gz", data)
 
 
+def _singular_affine(case: Path) -> None:
+    """An sform whose last row is zeros and no qform: the exam has no orientation or slice thickness."""
+    img = nib.load(case / "flair.nii.gz")
+    header = img.header.copy()
+    header.set_qform(None, code=0)
+    header["srow_z"] = [0.0, 0.0, 0.0, 0.0]
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), None, header=header), case / "flair.nii.gz")
+
+
 def _header_claims_more(case: Path) -> None:
     img = nib.load(case / "flair.nii.gz")
     header = img.header.copy()
@@ -305,6 +314,8 @@ KINDS: dict[str, Kind] = {
     "blank FLAIR (infer)": Kind(_infer_on(_blank), r"caseB/flair\.nii\.gz: constant image", ("P",)),
     "blank FLAIR (train)": Kind(_train_on(_blank), r"caseB/flair\.nii\.gz: constant image", ("X",)),
     "NaN in T1 (infer)": Kind(_infer_on(_nan), r"caseB/t1\.nii\.gz: contains NaN/Inf", ("P",)),
+    "singular affine (infer)": Kind(_infer_on(_singular_affine), r"caseB/flair\.nii\.gz: its affine .* is singular",
+                                    ("P",)),
     "header claims 4 GB (infer)": Kind(_infer_on(_header_claims_more), r"caseB/flair\.nii\.gz: (truncated|header)",
                                        ("P",)),
     "mask 1.0000001 (train)": Kind(_train_on(_almost_binary_mask), r"caseB/lesion_mask\.nii\.gz: .*1\.0000001",

@@ -45,6 +45,14 @@ def broken(tmp_path):
     const = make_case(root, "constant")
     write_nifti(const / "t1.nii.gz", np.full((20, 22, 18), 7.0, np.float32))
     make_case(root, "small", shape=(10, 10, 10), lesions=((5, 5, 5, 1),))
+    degenerate = make_case(root, "degenerate")  # an sform row of zeros, no qform: a voxel axis without extent
+    import nibabel as nib
+
+    t1 = nib.load(degenerate / "t1.nii.gz")
+    header = t1.header.copy()
+    header.set_qform(None, code=0)
+    header["srow_z"] = [0.0, 0.0, 0.0, 0.0]
+    nib.save(nib.Nifti1Image(np.asarray(t1.dataobj), None, header=header), degenerate / "t1.nii.gz")
     assert empty.is_dir()
     return root
 
@@ -62,6 +70,7 @@ EXPECTED = [
     ("WARNING empty_mask/lesion_mask.nii.gz: mask is empty (no lesion)",),
     ("ERROR constant/t1.nii.gz: constant image (every voxel is 7)",),
     ("WARNING small/flair.nii.gz: volume (10, 10, 10) is smaller than the patch (16, 16, 16)",),
+    ("ERROR degenerate/t1.nii.gz: its affine (sform/qform) is singular (voxel axes of 1, 1, 0 mm",),
 ]
 
 

@@ -296,7 +296,7 @@ def require_readable(case_dirs: Sequence[Path], data: DataConfig, with_mask: boo
 
     ``train`` and ``infer`` call this before they write anything, so a blank or truncated
     file in the last case stops the run before the first case is used.  The checks are those
-    of ``lesionseg check``: missing, unreadable, truncated or oversized, not 3D, NaN/Inf,
+    of ``lesionseg check``: missing, unreadable, truncated or oversized, not 3D, a singular affine, NaN/Inf,
     blank or constant images, files off one grid, a non-binary mask.
     """
     t0 = time.perf_counter()

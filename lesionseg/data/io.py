@@ -185,6 +185,22 @@ def _spatial_shape_or_error(img: nib.Nifti1Image, path: Path) -> None:
         raise DataError(f"{display_path(path)}: not a 3D volume (shape {tuple(shape)})")
 
 
+def _affine_or_error(img: nib.Nifti1Image, path: Path) -> None:
+    """Refuse a voxel-to-world matrix that places no volume: not finite, or a voxel axis without extent.
+
+    Such a header (an sform row of zeros, a pixdim of 0) has no orientation or voxel size to
+    reorient, resample or measure lesions in mm with, and outputs copy it.
+    """
+    affine = np.asarray(img.affine, np.float64)
+    if not np.isfinite(affine).all():
+        raise DataError(f"{display_path(path)}: its affine (sform/qform) is not finite; fix the header")
+    axes = np.linalg.norm(affine[:3, :3], axis=0)
+    if abs(np.linalg.det(affine[:3, :3])) <= 1e-9 * max(float(axes.max()), 1.0) ** 3:
+        lengths = ", ".join(f"{v:.3g}" for v in axes)
+        raise DataError(f"{display_path(path)}: its affine (sform/qform) is singular (voxel axes of {lengths} mm, "
+                        "no volume): no orientation or voxel size to work with; fix the header")
+
+
 #: The largest volume lesionseg reads (voxels): 2**29, 2 GiB as float32; a 1 mm brain is 7.2 M voxels.
 MAX_VOXELS = 2**29
 _DEFLATE_MAX_RATIO = 1032  # no deflate stream expands by more than this
@@ -260,6 +276,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     path = Path(path)
     img = load_nifti(path)
     _spatial_shape_or_error(img, path)
+    _affine_or_error(img, path)
     data = _read_array(img, path, np.float32).astype(np.float32, copy=False)
     if not np.isfinite(data).all():
         bad = int(np.count_nonzero(~np.isfinite(data)))
@@ -293,6 +310,7 @@ def read_mask(path: str | Path, mask_values: str = "binary") -> tuple[np.ndarray
         raise DataError(f"data.mask_values must be 'binary' or 'positive', got {mask_values!r}")
     img = load_nifti(path)
     _spatial_shape_or_error(img, path)
+    _affine_or_error(img, path)
     data = _read_array(img, path, np.float32)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise DataError(f"{display_path(path)}: mask contains NaN/Inf")
