@@ -322,6 +322,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         affine_tolerance=cfg.data.affine_tolerance,
         patch_size=cfg.patches.size,
         preprocess=cfg.preprocess,
+        trained_slice_axis=cfg.augment.thick_slice_axis if cfg.augment.thick_slice_probability > 0 else None,
     )
     print(report.table())
     for problem in report.problems:

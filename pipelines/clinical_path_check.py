@@ -78,6 +78,9 @@ def main() -> None:
     p.add_argument("--slice-mm", default="7")
     p.add_argument("--gap-mm", default="0", help="gap between the thick slices (lesionseg thick-slices --gap-mm)")
     p.add_argument("--in-plane-mm", default="0.9", help="in-plane voxel size (lesionseg thick-slices --in-plane-mm)")
+    p.add_argument("--axis", default="2", choices=("0", "1", "2"),
+                   help="voxel axis across the slices (the shared exams are RAS: 2 axial, the default; 1 coronal; "
+                        "0 sagittal)")
     p.add_argument("only", nargs="*", metavar="FOLD",
                    help=f"predict only these folds ({', '.join(FOLDS)}; default all), e.g. while the others still "
                         "train; the reports are written once every exam has its prediction")
@@ -97,7 +100,7 @@ def main() -> None:
         for case in cases:
             wrap_in_head(args.data / case, heads)
     run("thick-slices", "--config", str(config), "--data", str(heads), "--out", str(thick), "--slice-mm", args.slice_mm,
-        "--gap-mm", args.gap_mm, "--in-plane-mm", args.in_plane_mm)
+        "--gap-mm", args.gap_mm, "--in-plane-mm", args.in_plane_mm, "--axis", args.axis)
     for fold, cases in FOLDS.items():
         if args.only and fold not in args.only:
             continue

@@ -174,3 +174,35 @@ def test_check_says_what_infer_will_do_with_a_raw_head_also_stored_as_4d(tmp_pat
         assert f"WARNING {name}/flair.nii.gz: anisotropic voxels (1 x 1 x 7 mm); infer resamples it" in out
         assert f"WARNING {name}/flair.nii.gz: looks not skull-stripped" in out and "infer extracts the brain" in out
     assert "stripped/flair.nii.gz: looks not" not in out and "stripped/flair.nii.gz: anisotropic" not in out
+
+
+def test_check_warns_when_thick_slices_lie_across_an_axis_the_model_never_saw_them_on(tmp_path, capsys):
+    """models/ms_flair learnt thick slices as axial ones: sagittal or coronal 2D FLAIR is named as unseen,
+    whatever the voxel order of the file (the working grid is RAS)."""
+    import nibabel as nib
+
+    from lesionseg.config import PreprocessConfig
+    from lesionseg.data.check import slice_axis_warning
+    from lesionseg.data.io import Grid
+
+    rng = np.random.default_rng(0)
+    cases = {"axial": np.diag([0.9, 0.9, 7.0, 1.0]), "sagittal": np.diag([-5.0, 0.9, 0.9, 1.0]),  # LAS
+             "coronal_first": np.array([[0, 0.9, 0, 0], [6.0, 0, 0, 0], [0, 0, 0.9, 0], [0, 0, 0, 1.0]])}
+    for name, affine in cases.items():
+        shape = tuple(20 if abs(affine[:3, i]).max() > 2 else 60 for i in range(3))
+        (tmp_path / name).mkdir()
+        nib.save(nib.Nifti1Image(rng.uniform(1, 100, shape).astype(np.float32), affine), tmp_path / name / "flair.nii.gz")
+    args = ["check", str(tmp_path), "--no-mask", "--channels", "flair", "--set", "preprocess.reorient=true",
+            "--set", "preprocess.spacing=[1,1,1]"]
+    main([*args, "--set", "augment.thick_slice_probability=0.5"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "the model learnt thick slices" in ln]
+    assert len(lines) == 2
+    assert lines[0].startswith("WARNING coronal_first/flair.nii.gz: coronal slices (6 mm); the model learnt thick "
+                               "slices only as axial ones ([augment] thick_slice_axis = 2)")
+    assert lines[1].startswith("WARNING sagittal/flair.nii.gz: sagittal slices (5 mm)")
+    main(args)  # a model trained without thick slices: nothing to compare with
+    assert "the model learnt thick slices" not in capsys.readouterr().out
+    grid = Grid((20, 60, 60), np.diag([-5.0, 0.9, 0.9, 1.0]), (5.0, 0.9, 0.9))
+    no_reorient = PreprocessConfig(reorient=False, spacing=(1.0, 1.0, 1.0))
+    assert "slices across voxel axis 0" in slice_axis_warning(grid, tmp_path / "f.nii.gz", no_reorient, 2)
+    assert slice_axis_warning(grid, tmp_path / "f.nii.gz", no_reorient, 0) is None

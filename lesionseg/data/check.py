@@ -181,8 +181,14 @@ ANISOTROPY = 1.5
 HEAD_FOV_MM = 80.0
 
 
-def _check_processing(grids: list[tuple[Grid, Path]], preprocess: PreprocessConfig, problems: list[Problem]) -> None:
-    """Warn when the first channel looks unprocessed (thick slices, skull) and say what infer will do."""
+#: The planes of a RAS working grid, by the axis across its slices.
+PLANES = ("sagittal", "coronal", "axial")
+
+
+def _check_processing(grids: list[tuple[Grid, Path]], preprocess: PreprocessConfig, problems: list[Problem],
+                      trained_slice_axis: int | None = None) -> None:
+    """Warn when the first channel looks unprocessed (thick slices, skull) and say what infer will do;
+    and when its thick slices lie across another axis than the one the model learnt thick slices on."""
     grid, path = grids[0]
     zooms = [float(z) for z in grid.zooms]
     if max(zooms) / max(min(zooms), 1e-6) > ANISOTROPY:
@@ -192,6 +198,10 @@ def _check_processing(grids: list[tuple[Grid, Path]], preprocess: PreprocessConf
                   "this config predicts on the file's own grid: set preprocess.spacing or use a model that "
                   "resamples (models/ms_flair)")
         problems.append(Problem("WARNING", f"{display_path(path)}: anisotropic voxels ({shown} mm); {action}"))
+        axis_warning = None if trained_slice_axis is None else slice_axis_warning(grid, path, preprocess,
+                                                                                   trained_slice_axis)
+        if axis_warning:
+            problems.append(Problem("WARNING", axis_warning))
     if min(n * z for n, z in zip(grid.shape, zooms)) < HEAD_FOV_MM:
         return  # a crop, not a head: no skull to look for
     try:
@@ -208,6 +218,29 @@ def _check_processing(grids: list[tuple[Grid, Path]], preprocess: PreprocessConf
         problems.append(Problem("WARNING", f"{display_path(path)}: looks not skull-stripped ({why}); {action}"))
 
 
+def slice_axis_warning(grid: Grid, path: Path, preprocess: PreprocessConfig, trained: int) -> str | None:
+    """The warning for thick slices across another working-grid axis than the model learnt them on.
+
+    ``trained`` is ``[augment] thick_slice_axis``; with ``preprocess.reorient`` the working grid is
+    RAS (axis 0 across sagittal slices, 1 coronal, 2 axial).  ``None`` for isotropic voxels or
+    slices across the trained axis.
+    """
+    zooms = [float(z) for z in grid.zooms]
+    if max(zooms) / max(min(zooms), 1e-6) <= ANISOTROPY:
+        return None
+    thick = int(np.argmax(zooms))
+    if preprocess.reorient:
+        axis = int(nib.orientations.io_orientation(np.asarray(grid.affine))[thick, 0])
+        seen, learnt = f"{PLANES[axis]} slices", f"{PLANES[trained]} ones"
+    else:
+        axis = thick
+        seen, learnt = f"slices across voxel axis {axis}", f"ones across axis {trained}"
+    if axis == trained:
+        return None
+    return (f"{display_path(path)}: {seen} ({zooms[thick]:.2g} mm); the model learnt thick slices only as "
+            f"{learnt} ([augment] thick_slice_axis = {trained}): expect more false lesions (README, *Sagittal slices*)")
+
+
 def check_case(
     case_dir: Path,
     channels: Sequence[str],
@@ -216,6 +249,7 @@ def check_case(
     affine_tolerance: float = 1e-3,
     patch_size: Sequence[int] = (48, 48, 48),
     preprocess: PreprocessConfig | None = None,
+    trained_slice_axis: int | None = None,
 ) -> tuple[CaseSummary, list[Problem]]:
     """Check one case folder and return its summary row and all its problems.
 
@@ -236,6 +270,10 @@ def check_case(
     preprocess : PreprocessConfig or None
         What infer will do to raw inputs; a case that looks unprocessed (thick slices, skull)
         gets a warning saying so.  ``None``: no preprocessing.
+    trained_slice_axis : int or None
+        The working-grid axis the model saw thick slices across in training (``[augment]
+        thick_slice_axis`` when ``thick_slice_probability > 0``); thick slices across another one
+        get a warning.  ``None``: not checked.
     """
     case = case_dir.name
     problems: list[Problem] = []
@@ -247,7 +285,7 @@ def check_case(
     if ref is not None:
         _check_grids(grids, affine_tolerance, patch_size, problems, preprocess)
         _check_header(ref[1], problems)
-        _check_processing(grids, preprocess or PreprocessConfig(), problems)
+        _check_processing(grids, preprocess or PreprocessConfig(), problems, trained_slice_axis)
 
     summary = CaseSummary(
         case=case,
@@ -271,6 +309,7 @@ def check_dataset(
     affine_tolerance: float = 1e-3,
     patch_size: Sequence[int] = (48, 48, 48),
     preprocess: PreprocessConfig | None = None,
+    trained_slice_axis: int | None = None,
 ) -> CheckReport:
     """Check every case of a data folder (see :func:`check_case`).
 
@@ -283,7 +322,7 @@ def check_dataset(
     cases = list_cases(data_dir)
     for i, case_dir in enumerate(cases, 1):
         summary, problems = check_case(
-            case_dir, channels, mask_name, mask_values, affine_tolerance, patch_size, preprocess
+            case_dir, channels, mask_name, mask_values, affine_tolerance, patch_size, preprocess, trained_slice_axis
         )
         log.info("checked %d/%d %s: %s", i, len(cases), case_dir.name, summary.status)
         report.cases.append(summary)

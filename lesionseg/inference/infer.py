@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from lesionseg.config import Config
 from lesionseg.data import io, writing
-from lesionseg.data.check import require_readable
+from lesionseg.data.check import require_readable, slice_axis_warning
 from lesionseg.data.normalize import normalize_image
 from lesionseg.data.preprocess import prepare, to_input_grid
 from lesionseg.errors import DataError, LesionsegError
@@ -89,6 +89,11 @@ def read_normalised(case_dir: Path, config: Config, mask: bool = False) -> tuple
         mask_values=config.data.mask_values,
         affine_tolerance=config.data.affine_tolerance,
     )
+    if config.augment.thick_slice_probability > 0:
+        first = io.find_file(case_dir, config.data.channels[0])
+        warning = slice_axis_warning(case.grid, first, config.preprocess, config.augment.thick_slice_axis)
+        if warning:
+            log.warning("%s", warning)
     raw = prepare(case.image, None, case.grid, config.preprocess).image
     image = normalize_image(raw, config.data.normalization, config.data.clip_percentiles)
     return case, image
