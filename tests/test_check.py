@@ -204,5 +204,9 @@ def test_check_warns_when_thick_slices_lie_across_an_axis_the_model_never_saw_th
     assert "the model learnt thick slices" not in capsys.readouterr().out
     grid = Grid((20, 60, 60), np.diag([-5.0, 0.9, 0.9, 1.0]), (5.0, 0.9, 0.9))
     no_reorient = PreprocessConfig(reorient=False, spacing=(1.0, 1.0, 1.0))
-    assert "slices across voxel axis 0" in slice_axis_warning(grid, tmp_path / "f.nii.gz", no_reorient, 2)
-    assert slice_axis_warning(grid, tmp_path / "f.nii.gz", no_reorient, 0) is None
+    assert "slices across voxel axis 0" in slice_axis_warning(grid, tmp_path / "f.nii.gz", no_reorient, (2,))
+    assert slice_axis_warning(grid, tmp_path / "f.nii.gz", no_reorient, (0,)) is None
+    reorient = PreprocessConfig(reorient=True, spacing=(1.0, 1.0, 1.0))
+    assert slice_axis_warning(grid, tmp_path / "f.nii.gz", reorient, (2, 2, 0, 1)) is None  # learnt all three
+    assert "only as axial and coronal ones ([augment] thick_slice_axis = [2, 1])" in slice_axis_warning(
+        grid, tmp_path / "f.nii.gz", reorient, (2, 1))

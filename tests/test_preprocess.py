@@ -402,3 +402,33 @@ def test_prepare_reads_stripped_or_not_on_the_exam_grid(samples_dir):
     prepared = prepare(thick[..., None], None, grid, cfg)
     upsampled = resample(thick, grid, working_grid(grid, cfg), order=1)
     np.testing.assert_array_equal(prepared.image[..., 0] != 0, upsampled > 0)  # kept whole: already stripped
+
+
+def test_thick_slice_axes_are_drawn_from_the_list_and_one_axis_keeps_the_random_stream():
+    """``augment.thick_slice_axis = [2, 2, 0, 1]``: each thick patch blurred across one axis drawn from the
+    list; a single axis (``2`` in older configs) is read as ``(2,)`` and draws nothing more."""
+    from lesionseg.config import AugmentConfig
+    from lesionseg.sampling.augment import augment_patch, thick_slices
+
+    image = np.zeros((12, 12, 12, 1), np.float32)
+    image[..., 0] = np.random.default_rng(0).standard_normal((12, 12, 12)) + 5.0
+    mask = np.zeros((12, 12, 12), np.uint8)
+    base = dict(flip_axes=(), intensity_scale=0.0, intensity_shift=0.0, thick_slice_probability=1.0,
+                thick_slice_mm=(4.0, 4.0))
+    assert AugmentConfig(**base, thick_slice_axis=2).thick_slice_axis == (2,)
+    one, _ = augment_patch(np.random.default_rng(3), image, mask, AugmentConfig(**base, thick_slice_axis=(2,)))
+    rng = np.random.default_rng(3)
+    rng.random()  # the thick-slice probability draw
+    np.testing.assert_array_equal(one, thick_slices(rng, image, (4.0, 4.0), 2, (1.0, 1.0)))
+
+    def smooth_axis(patch: np.ndarray) -> int:  # the axis along which neighbours differ least
+        return int(np.argmin([np.abs(np.diff(patch[..., 0], axis=a)).mean() for a in range(3)]))
+
+    drawn = [smooth_axis(augment_patch(np.random.default_rng(s), image, mask,
+                                       AugmentConfig(**base, thick_slice_axis=(2, 2, 0, 1)))[0]) for s in range(40)]
+    counts = np.bincount(drawn, minlength=3)
+    assert counts[2] > counts[0] > 0 and counts[1] > 0, counts
+    with pytest.raises(LesionsegError, match="augment.thick_slice_axis"):
+        AugmentConfig(thick_slice_axis=(3,))
+    with pytest.raises(LesionsegError, match="augment.thick_slice_axis"):
+        AugmentConfig(thick_slice_axis=())

@@ -273,8 +273,10 @@ class AugmentConfig:
         ``thick_slice_mm``, sampled every slice and interpolated back.  0 = off.
     thick_slice_mm : tuple of float
         Range of slice thickness, in voxels of the working grid (mm on a 1 mm grid).
-    thick_slice_axis : int
-        The patch axis across slices (2: axial slices of a RAS volume).
+    thick_slice_axis : tuple of int
+        The patch axis across slices (2: axial slices of a RAS volume); several: one is drawn
+        uniformly for each thick-slice patch, so repeating one weights it (``[2, 2, 0, 1]``: axial
+        half the time, sagittal and coronal a quarter each).  A single number is read as one axis.
     thick_slice_in_plane_mm : tuple of float
         Range of the in-plane voxel size of those acquisitions (voxels of the working grid); sizes
         above 1 blur the two in-plane axes, finer ones leave them alone.
@@ -306,7 +308,7 @@ class AugmentConfig:
     rotate90: bool = False
     thick_slice_probability: float = 0.0
     thick_slice_mm: tuple[float, float] = (3.0, 8.0)
-    thick_slice_axis: int = 2
+    thick_slice_axis: tuple[int, ...] = (2,)
     thick_slice_in_plane_mm: tuple[float, float] = (1.0, 1.0)
     gamma_probability: float = 0.0
     gamma_range: tuple[float, float] = (0.7, 1.5)
@@ -326,7 +328,11 @@ class AugmentConfig:
         thick = tuple(self.thick_slice_mm)
         require(len(thick) == 2 and all(is_number(t) for t in thick) and 1.0 <= thick[0] <= thick[1],
                 "augment.thick_slice_mm", "[low, high] with 1 <= low <= high", thick)
-        require(self.thick_slice_axis in (0, 1, 2), "augment.thick_slice_axis", "0, 1 or 2", self.thick_slice_axis)
+        if isinstance(self.thick_slice_axis, int) and not isinstance(self.thick_slice_axis, bool):
+            object.__setattr__(self, "thick_slice_axis", (self.thick_slice_axis,))  # one axis, as configs wrote it
+        axes = tuple(self.thick_slice_axis)
+        require(len(axes) > 0 and all(a in (0, 1, 2) for a in axes), "augment.thick_slice_axis",
+                "0, 1 or 2, or a list of them", axes)
         plane = tuple(self.thick_slice_in_plane_mm)
         require(len(plane) == 2 and all(is_number(t) for t in plane) and 0.0 < plane[0] <= plane[1],
                 "augment.thick_slice_in_plane_mm", "[low, high] with 0 < low <= high", plane)

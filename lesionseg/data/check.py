@@ -186,7 +186,7 @@ PLANES = ("sagittal", "coronal", "axial")
 
 
 def _check_processing(grids: list[tuple[Grid, Path]], preprocess: PreprocessConfig, problems: list[Problem],
-                      trained_slice_axis: int | None = None) -> None:
+                      trained_slice_axis: Sequence[int] | None = None) -> None:
     """Warn when the first channel looks unprocessed (thick slices, skull) and say what infer will do;
     and when its thick slices lie across another axis than the one the model learnt thick slices on."""
     grid, path = grids[0]
@@ -218,27 +218,29 @@ def _check_processing(grids: list[tuple[Grid, Path]], preprocess: PreprocessConf
         problems.append(Problem("WARNING", f"{display_path(path)}: looks not skull-stripped ({why}); {action}"))
 
 
-def slice_axis_warning(grid: Grid, path: Path, preprocess: PreprocessConfig, trained: int) -> str | None:
+def slice_axis_warning(grid: Grid, path: Path, preprocess: PreprocessConfig, trained: Sequence[int]) -> str | None:
     """The warning for thick slices across another working-grid axis than the model learnt them on.
 
     ``trained`` is ``[augment] thick_slice_axis``; with ``preprocess.reorient`` the working grid is
     RAS (axis 0 across sagittal slices, 1 coronal, 2 axial).  ``None`` for isotropic voxels or
-    slices across the trained axis.
+    slices across a trained axis.
     """
     zooms = [float(z) for z in grid.zooms]
     if max(zooms) / max(min(zooms), 1e-6) <= ANISOTROPY:
         return None
+    trained = sorted(set(int(a) for a in trained), reverse=True)
     thick = int(np.argmax(zooms))
     if preprocess.reorient:
         axis = int(nib.orientations.io_orientation(np.asarray(grid.affine))[thick, 0])
-        seen, learnt = f"{PLANES[axis]} slices", f"{PLANES[trained]} ones"
+        seen, learnt = f"{PLANES[axis]} slices", f"{' and '.join(PLANES[a] for a in trained)} ones"
     else:
         axis = thick
-        seen, learnt = f"slices across voxel axis {axis}", f"ones across axis {trained}"
-    if axis == trained:
+        seen, learnt = f"slices across voxel axis {axis}", f"ones across axis {' and '.join(map(str, trained))}"
+    if axis in trained:
         return None
+    shown = trained[0] if len(trained) == 1 else trained
     return (f"{display_path(path)}: {seen} ({zooms[thick]:.2g} mm); the model learnt thick slices only as "
-            f"{learnt} ([augment] thick_slice_axis = {trained}): expect more false lesions (README, *Sagittal slices*)")
+            f"{learnt} ([augment] thick_slice_axis = {shown}): expect more false lesions (README, *Sagittal slices*)")
 
 
 def check_case(
@@ -249,7 +251,7 @@ def check_case(
     affine_tolerance: float = 1e-3,
     patch_size: Sequence[int] = (48, 48, 48),
     preprocess: PreprocessConfig | None = None,
-    trained_slice_axis: int | None = None,
+    trained_slice_axis: Sequence[int] | None = None,
 ) -> tuple[CaseSummary, list[Problem]]:
     """Check one case folder and return its summary row and all its problems.
 
@@ -270,8 +272,8 @@ def check_case(
     preprocess : PreprocessConfig or None
         What infer will do to raw inputs; a case that looks unprocessed (thick slices, skull)
         gets a warning saying so.  ``None``: no preprocessing.
-    trained_slice_axis : int or None
-        The working-grid axis the model saw thick slices across in training (``[augment]
+    trained_slice_axis : sequence of int or None
+        The working-grid axes the model saw thick slices across in training (``[augment]
         thick_slice_axis`` when ``thick_slice_probability > 0``); thick slices across another one
         get a warning.  ``None``: not checked.
     """
@@ -309,7 +311,7 @@ def check_dataset(
     affine_tolerance: float = 1e-3,
     patch_size: Sequence[int] = (48, 48, 48),
     preprocess: PreprocessConfig | None = None,
-    trained_slice_axis: int | None = None,
+    trained_slice_axis: Sequence[int] | None = None,
 ) -> CheckReport:
     """Check every case of a data folder (see :func:`check_case`).
 

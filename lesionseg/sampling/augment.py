@@ -271,6 +271,8 @@ def augment_patch(
     if cfg.bias_field_probability > 0 and rng.random() < cfg.bias_field_probability:
         image = bias_field(rng, image, cfg.bias_field_strength)
     if cfg.thick_slice_probability > 0 and rng.random() < cfg.thick_slice_probability:
-        image = thick_slices(rng, image, tuple(cfg.thick_slice_mm), cfg.thick_slice_axis,  # type: ignore[arg-type]
+        axes = tuple(cfg.thick_slice_axis)
+        axis = axes[0] if len(axes) == 1 else int(axes[rng.integers(len(axes))])  # one axis: the stream of before
+        image = thick_slices(rng, image, tuple(cfg.thick_slice_mm), axis,  # type: ignore[arg-type]
                              tuple(cfg.thick_slice_in_plane_mm))  # type: ignore[arg-type]
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
