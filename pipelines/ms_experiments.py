@@ -37,11 +37,14 @@ no size filter) is written as well (``report_untuned``).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,8 +243,33 @@ def reuse_fold_model(source: Path, run_dir: Path, keep_decision: bool = True) ->
     print(f"[{run_dir.name}] model of {source} reused", flush=True)
 
 
+@contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (made if missing) for the ``with`` block.
+
+    Folds of one LOPO folder run as parallel processes (``lopo L07 L19`` beside ``lopo M14 M18``);
+    each ends by rebuilding the pooled folders, and two doing it at once mixed one's exams with the
+    other's predictions (``missing prediction for case ...``).
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def pooled_reports(out: Path, config: Path, eval_data: Path | None = None) -> None:
-    """Evaluate the held-out predictions of every finished fold together: ``OUT/report[_untuned]``."""
+    """Evaluate the held-out predictions of every finished fold together: ``OUT/report[_untuned]``.
+
+    One process at a time per ``OUT`` (:func:`exclusive`), so folds may finish together.
+    """
+    with exclusive(out / ".pooled.lock"):
+        _pooled_reports(out, config, eval_data)
+
+
+def _pooled_reports(out: Path, config: Path, eval_data: Path | None) -> None:
     done = [p for p in PATIENTS if (out / p / "report_untuned" / "summary.csv").is_file()]
     if not done:
         return

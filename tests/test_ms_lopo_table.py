@@ -84,3 +84,41 @@ def test_lopo_ensemble_of_builds_each_fold_from_the_same_fold_of_every_folder(tm
     assert cmd[cmd.index("ensemble") + 1:] == ["--runs", str(tmp_path / "s0" / "L07"), str(tmp_path / "s1" / "L07"),
                                                "--out", str(out / "L07")]
     assert [p for _, p in trained] == ["L07", "L19"]  # then tuned, predicted and scored like a trained fold
+
+
+def test_pooled_reports_of_folds_finishing_together_do_not_mix(tmp_path, monkeypatch):
+    """Two fold processes pooling at once: neither rebuilds the folders while the other evaluates them."""
+    import threading
+    import time
+
+    ms = _ms_experiments()
+    exams, out = tmp_path / "exams", tmp_path / "lopo"
+    for fold, case in (("L07", "lesjak_patient07"), ("L19", "lesjak_patient19")):
+        (exams / case).mkdir(parents=True)
+        for pred in ("pred", "pred_untuned"):
+            (out / fold / pred).mkdir(parents=True)
+            (out / fold / pred / f"{case}_pred.nii.gz").write_bytes(b"")
+    (out / "L07" / "report_untuned").mkdir()
+    (out / "L07" / "report_untuned" / "summary.csv").write_text("done")
+
+    def listing():
+        return sorted(p.name for p in (out / "cases_all").iterdir()), sorted(p.name for p in (out / "pred").iterdir())
+
+    second, changed = [], []
+
+    def evaluate(cmd, *a, **k):
+        before = listing()
+        if not second:  # the L19 process finishes while the L07 one evaluates
+            (out / "L19" / "report_untuned").mkdir()
+            (out / "L19" / "report_untuned" / "summary.csv").write_text("done")
+            second.append(threading.Thread(target=ms.pooled_reports, args=(out, ms.CONFIG, exams)))
+            second[0].start()
+            time.sleep(0.5)
+        changed.append(listing() != before)
+
+    monkeypatch.setattr(ms, "run", evaluate)
+    ms.pooled_reports(out, ms.CONFIG, exams)
+    second[0].join(timeout=30)
+    assert len(changed) == 4 and not any(changed)
+    assert listing() == (["lesjak_patient07", "lesjak_patient19"], ["lesjak_patient07_pred.nii.gz",
+                                                                     "lesjak_patient19_pred.nii.gz"])
