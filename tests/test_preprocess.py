@@ -432,3 +432,45 @@ def test_thick_slice_axes_are_drawn_from_the_list_and_one_axis_keeps_the_random_
         AugmentConfig(thick_slice_axis=(3,))
     with pytest.raises(LesionsegError, match="augment.thick_slice_axis"):
         AugmentConfig(thick_slice_axis=())
+
+
+def test_lesion_contrast_dims_the_lesion_towards_the_tissue_and_keeps_the_rest():
+    from lesionseg.sampling.augment import lesion_contrast
+
+    image = np.zeros((16, 16, 16, 1), np.float32)
+    image[2:] = 0.2  # tissue, near the normalised tissue level 0
+    image[:2] = 0.0  # background
+    mask = np.zeros((16, 16, 16), np.uint8)
+    mask[6:10, 6:10, 6:10] = 1
+    image[6:10, 6:10, 6:10] = 3.0  # a bright lesion
+    out = lesion_contrast(np.random.default_rng(0), image, mask, (0.5, 0.5))
+    np.testing.assert_allclose(out[6:10, 6:10, 6:10], 1.5)  # half its contrast, everywhere on the mask
+    assert (out[:2] == 0).all() and out.dtype == np.float32
+    np.testing.assert_allclose(out[2:4], image[2:4], atol=1e-3)  # two voxels and more from it: all but untouched
+    rim = out[5, 7:9, 7:9, 0]  # the voxel next to the lesion: dimmed a little, no step
+    assert (rim < 0.2).all() and (rim > 0.1).all()
+    brighter = lesion_contrast(np.random.default_rng(0), image, mask, (1.5, 1.5))
+    np.testing.assert_allclose(brighter[6:10, 6:10, 6:10], 4.5)
+    assert lesion_contrast(np.random.default_rng(0), image, np.zeros_like(mask), (0.5, 0.5)) is image
+
+
+def test_lesion_contrast_augmentation_is_off_by_default_keeps_the_mask_and_is_validated():
+    from lesionseg.config import AugmentConfig
+    from lesionseg.sampling.augment import augment_patch
+
+    image = np.random.default_rng(2).standard_normal((8, 8, 8, 1)).astype(np.float32) + 1.0
+    mask = (image[..., 0] > 2).astype(np.uint8)
+    plain = augment_patch(np.random.default_rng(5), image, mask, AugmentConfig())
+    off = augment_patch(np.random.default_rng(5), image, mask, AugmentConfig(lesion_contrast_probability=0.0))
+    np.testing.assert_array_equal(plain[0], off[0])  # zero probability draws nothing
+    on_image, on_mask = augment_patch(np.random.default_rng(5), image, mask,
+                                      AugmentConfig(flip_axes=(), intensity_scale=0.0, intensity_shift=0.0,
+                                                    lesion_contrast_probability=1.0,
+                                                    lesion_contrast_range=(0.4, 0.6)))
+    np.testing.assert_array_equal(on_mask, mask)
+    lesion = mask > 0
+    assert (on_image[lesion, 0] < 0.61 * image[lesion, 0]).all()
+    with pytest.raises(LesionsegError, match="augment.lesion_contrast_range"):
+        AugmentConfig(lesion_contrast_range=(0.0, 1.0))
+    with pytest.raises(LesionsegError, match="augment.lesion_contrast_probability"):
+        AugmentConfig(lesion_contrast_probability=1.5)

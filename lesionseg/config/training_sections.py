@@ -290,6 +290,12 @@ class AugmentConfig:
         (:func:`lesionseg.sampling.augment.bias_field`).
     bias_field_strength : float
         Largest log-amplitude of that field.
+    lesion_contrast_probability : float
+        Share of patches whose lesions are made fainter (or brighter) against the tissue around
+        them (:func:`lesionseg.sampling.augment.lesion_contrast`); the mask is kept.  0 = off.
+    lesion_contrast_range : tuple of float
+        Range of the factor on the lesions' contrast (1 = unchanged, 0.5 = half as bright above
+        the tissue level).
     transplant_probability : float
         Share of patches that receive the lesions of a donor mask at the same voxels, painted with
         the exam's own lesion contrast (:mod:`lesionseg.sampling.transplant`).  0 = off.
@@ -314,6 +320,8 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     bias_field_probability: float = 0.0
     bias_field_strength: float = 0.3
+    lesion_contrast_probability: float = 0.0
+    lesion_contrast_range: tuple[float, float] = (0.5, 1.0)
     transplant_probability: float = 0.0
     transplant_masks: str = ""
     transplant_exclude: tuple[str, ...] = ()
@@ -342,6 +350,10 @@ class AugmentConfig:
                 "augment.gamma_range", "[low, high] with 0 < low <= high", gamma)
         unit_interval("augment.bias_field_probability", self.bias_field_probability)
         at_least("augment.bias_field_strength", self.bias_field_strength, 0.0)
+        unit_interval("augment.lesion_contrast_probability", self.lesion_contrast_probability)
+        contrast = tuple(self.lesion_contrast_range)
+        require(len(contrast) == 2 and all(is_number(t) for t in contrast) and 0.0 < contrast[0] <= contrast[1],
+                "augment.lesion_contrast_range", "[low, high] with 0 < low <= high", contrast)
         unit_interval("augment.transplant_probability", self.transplant_probability)
         if self.transplant_probability > 0:
             require(isinstance(self.transplant_masks, str) and bool(self.transplant_masks), "augment.transplant_masks",

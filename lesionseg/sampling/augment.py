@@ -2,7 +2,7 @@
 
 Spatial changes (flips, axial 90° rotations) are applied to image and mask
 alike; voxel-wise intensity changes (per-channel scaling and shift, Gaussian noise, gamma
-contrast, a smooth bias field) to the image only, and only inside the non-zero region, so the background stays
+contrast, a smooth bias field, fainter lesions) to the image only, and only inside the non-zero region, so the background stays
 exactly 0 as in the normalised volumes inference sees.  :func:`thick_slices` makes a
 patch look like a thick-slice clinical scan resampled to the working grid (the mask keeps
 its full resolution: the model learns to find the lesion the thick slices blurred).  Everything is plain
@@ -237,6 +237,47 @@ def thick_slices(rng: np.random.Generator, image: np.ndarray, thickness: tuple[f
     return out.astype(np.float32, copy=False)
 
 
+def lesion_contrast(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, factor: tuple[float, float]
+) -> np.ndarray:
+    """Dim (or brighten) the lesions of a patch towards the normal tissue around them.
+
+    Lesions differ in how far they stand out from the tissue: an old plaque, a confluent lesion
+    in a low-contrast exam, a small lesion halved by partial volume.  Every voxel's deviation
+    from the normalised tissue level 0 (what the ``tissue``/``tissue_ratio``/``zscore``
+    normalisations put there) is multiplied by ``1 - (1 - c) * w``: ``c`` is drawn once per patch
+    from ``factor``, ``w`` is 1 on the lesion mask and falls off over about a voxel around it
+    (a Gaussian of σ = 1 voxel), so no step appears at the lesion's edge.  The mask is unchanged:
+    the network learns that a lesion stays a lesion when it is fainter.  Voxels 0 in every
+    channel stay 0; a patch without lesion voxels is returned unchanged.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Random source.
+    image : numpy.ndarray
+        (d, h, w, C) float32 normalised patch.
+    mask : numpy.ndarray
+        (d, h, w) lesion mask.
+    factor : tuple of float
+        Range of ``c`` (uniform), ``0 < low <= high``; 1 leaves the patch as it is.
+
+    Returns
+    -------
+    numpy.ndarray
+        (d, h, w, C) float32, a new array (or ``image`` itself when the patch has no lesion).
+    """
+    lesion = np.asarray(mask) > 0
+    if not lesion.any():
+        return image
+    from scipy import ndimage  # local: only the augmentations need it
+
+    c = float(rng.uniform(factor[0], factor[1]))
+    weight = np.maximum(ndimage.gaussian_filter(lesion.astype(np.float32), 1.0, mode="nearest"), lesion)
+    gain = (1.0 - (1.0 - c) * weight).astype(np.float32)
+    return (image * gain[..., np.newaxis]).astype(np.float32, copy=False)
+
+
 def augment_patch(
     rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, cfg: AugmentConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -262,6 +303,8 @@ def augment_patch(
         image, mask = random_flip(rng, image, mask, tuple(cfg.flip_axes))
     if cfg.rotate90:
         image, mask = random_rot90(rng, image, mask)
+    if cfg.lesion_contrast_probability > 0 and rng.random() < cfg.lesion_contrast_probability:
+        image = lesion_contrast(rng, image, mask, tuple(cfg.lesion_contrast_range))  # type: ignore[arg-type]
     if cfg.intensity_scale > 0 or cfg.intensity_shift > 0 or cfg.noise_std > 0:
         # reads the flipped/rotated view once and writes a fresh contiguous array
         noise = cfg.noise_std if cfg.noise_std > 0 and rng.random() < cfg.noise_probability else 0.0
