@@ -16,6 +16,7 @@ without a size filter (``report_untuned``) — the figures of README
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ms_experiments import untuned_predictions  # noqa: E402
+from ms_experiments import exclusive, untuned_predictions  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ms_lesions"
 FOLDS = {"L07": ["lesjak_patient07"], "L19": ["lesjak_patient19"],
@@ -95,12 +96,11 @@ def main() -> None:
     config = next((c for c in configs if c.is_file()), None)
     if config is None:
         p.error(f"{args.folds}: no trained fold among {', '.join(args.only or FOLDS)} (no config.yaml)")
-    heads, thick, pred = args.out / "heads", args.out / "heads_thick", args.out / "pred"
-    for cases in FOLDS.values():
-        for case in cases:
-            wrap_in_head(args.data / case, heads)
-    run("thick-slices", "--config", str(config), "--data", str(heads), "--out", str(thick), "--slice-mm", args.slice_mm,
-        "--gap-mm", args.gap_mm, "--in-plane-mm", args.in_plane_mm, "--axis", args.axis)
+    thick, pred = args.out / "heads_thick", args.out / "pred"
+    made_with = {"data": str(args.data.resolve()), "slice_mm": args.slice_mm, "gap_mm": args.gap_mm,
+                 "in_plane_mm": args.in_plane_mm, "axis": args.axis}
+    with exclusive(args.out / ".exams.lock"):  # folds predicted by parallel processes share the exams
+        thick_exams(args.data, args.out, config, made_with)
     for fold, cases in FOLDS.items():
         if args.only and fold not in args.only:
             continue
@@ -112,14 +112,45 @@ def main() -> None:
                 link.symlink_to((thick / case).resolve(), target_is_directory=True)
         run("infer", "--model", str(args.folds / fold), "--input", str(held_out), "--out", str(pred),
             *[arg for kv in args.infer_set for arg in ("--set", kv)])
+    with exclusive(args.out / ".reports.lock"):  # two folds finishing together: one report after the other
+        reports(args.out)
+
+
+def thick_exams(data: Path, out: Path, config: Path, made_with: dict[str, str]) -> Path:
+    """``out/heads`` (the exams in a head) and ``out/heads_thick`` (their thick slices), made once.
+
+    The thick exams are rebuilt only when they were made with other settings (``made_with``,
+    stored beside them), so a process that predicts a fold never rebuilds the exams another
+    process is predicting from; the caller holds :func:`exclusive` on ``out/.exams.lock``.
+    """
+    heads, thick = out / "heads", out / "heads_thick"
+    stamp = thick / ".made_with.json"
+    wanted = json.dumps(made_with, sort_keys=True)
+    if stamp.is_file() and stamp.read_text() == wanted:
+        print(f"{thick}: thick exams already made with these settings", flush=True)
+        return thick
+    stamp.unlink(missing_ok=True)  # an interrupted rebuild leaves no claim behind
+    for cases in FOLDS.values():
+        for case in cases:
+            wrap_in_head(data / case, heads)
+    run("thick-slices", "--config", str(config), "--data", str(heads), "--out", str(thick),
+        "--slice-mm", made_with["slice_mm"], "--gap-mm", made_with["gap_mm"],
+        "--in-plane-mm", made_with["in_plane_mm"], "--axis", made_with["axis"])
+    stamp.write_text(wanted)
+    return thick
+
+
+def reports(out: Path) -> None:
+    """``out/report`` and ``out/report_untuned`` once every exam has its prediction in ``out/pred``."""
+    thick, pred = out / "heads_thick", out / "pred"
     waiting = [c for cases in FOLDS.values() for c in cases if not (pred / f"{c}_prob.nii.gz").is_file()]
     if waiting:
         print(f"no report yet: {', '.join(waiting)} not predicted (run the other folds)")
         return
-    run("evaluate", "--pred", str(pred), "--truth", str(thick), "--out", str(args.out / "report"), "--allow-mixed")
-    untuned = args.out / "pred_untuned"  # the same probability maps at 0.5, no size filter
+    run("evaluate", "--pred", str(pred), "--truth", str(thick), "--out", str(out / "report"), "--allow-mixed")
+    untuned = out / "pred_untuned"  # the same probability maps at 0.5, no size filter
     untuned_predictions(pred, untuned)
-    run("evaluate", "--pred", str(untuned), "--truth", str(thick), "--out", str(args.out / "report_untuned"),
+    run("evaluate", "--pred", str(untuned), "--truth", str(thick), "--out", str(out / "report_untuned"),
         "--allow-mixed")
 
 

@@ -77,3 +77,42 @@ def test_a_fold_subset_without_a_trained_fold_fails_before_writing_anything(tmp_
     assert exited.value.code == 2
     assert "no trained fold among L07" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_parallel_fold_processes_make_the_thick_exams_once_and_never_under_each_other(tmp_path, monkeypatch):
+    """Two folds predicted by parallel processes: the second reuses the exams instead of rebuilding them
+    while the first predicts from them; other settings rebuild them."""
+    import threading
+    import time
+
+    module = _check_module()
+    case, *_ = _stripped_exam(tmp_path)
+    monkeypatch.setattr(module, "FOLDS", {"L07": [case.name]})
+    out = tmp_path / "out"
+    built, inside = [], []
+
+    def fake_lesionseg(*args):  # thick-slices: slow, so a second process would overlap it
+        assert args[0] == "thick-slices"
+        inside.append(1)
+        assert len(inside) == 1, "two processes built the thick exams at once"
+        time.sleep(0.3)
+        (out / "heads_thick" / case.name).mkdir(parents=True, exist_ok=True)
+        built.append(args[args.index("--slice-mm") + 1])
+        inside.pop()
+
+    monkeypatch.setattr(module, "run", fake_lesionseg)
+    settings = {"data": str(case.parent), "slice_mm": "7", "gap_mm": "0", "in_plane_mm": "0.9", "axis": "2"}
+
+    def one_fold_process():
+        with module.exclusive(out / ".exams.lock"):
+            module.thick_exams(case.parent, out, tmp_path / "config.yaml", settings)
+
+    processes = [threading.Thread(target=one_fold_process) for _ in range(2)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=30)
+    assert built == ["7"]  # made once, by whichever came first
+    assert (out / "heads" / case.name / "flair.nii.gz").is_file()
+    module.thick_exams(case.parent, out, tmp_path / "config.yaml", {**settings, "slice_mm": "5"})
+    assert built == ["7", "5"]  # other settings: made again
