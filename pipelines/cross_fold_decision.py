@@ -14,6 +14,8 @@ probabilities on each exam's thick grid, ``heads_thick/`` truth)::
     python pipelines/cross_fold_decision.py runs/clinical_path/R_5mm --fixed 0.99 20   # and a given decision
     python pipelines/cross_fold_decision.py runs/clinical_path/R runs/clinical_path/R_s1 --out ...  # their ensemble
     python pipelines/cross_fold_decision.py runs/clinical_path/R runs/clinical_path/R_s1 --side-by-side --out ...
+    python pipelines/cross_fold_decision.py runs/clinical_path/R --folds L19 M14 --fixed 0.99 0   # a screen on two folds
+    python pipelines/cross_fold_decision.py --cases studies/.../cross_fold_cases.csv --folds L19 M14   # a study, re-pooled
 
 Several folders: each exam's maps are averaged, which is what the ensemble of the folders' fold models
 (``lesionseg ensemble``) predicts — it averages the members' probabilities on the 1 mm working grid and
@@ -22,7 +24,10 @@ P14 exam).  The folders must hold the same exams on the same grid (the same ``cl
 heads): their truth is read from the first.  ``--side-by-side``: each folder's networks stay apart
 (seeds of one recipe, say); a fold's decision is chosen on every folder's maps of the other folds
 and applied to each folder's maps of its own, so the decision depends less on one seed's luck;
-results per folder (``network``) and over all of them.
+results per folder (``network``) and over all of them.  ``--folds``: only these folds are read and scored
+(a screen run on some folds); each one's decision is chosen on the *other listed* folds.  ``--cases``:
+no maps, the per-exam rows of committed studies (``cross_fold_cases.csv``) pooled again over ``--folds``,
+so that a screen is compared with a recipe's stored figures on the same exams.
 
 Decisions searched: threshold × minimum lesion size (mm³) × (with ``--peaks``) the peak a
 component's probability must reach to be kept (its extent stays the threshold's), ranked as
@@ -58,16 +63,19 @@ MIN_SIZES = InferConfig().tune_min_sizes_mm3
 UNTUNED = {"threshold": 0.5, "min_lesion_mm3": 0.0, "min_peak": 0.0}
 
 
-def load_exams(*check_dirs: Path) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
-    """Per exam: lesion probability (the mean over ``check_dirs``), truth, voxel size (the thick grid)."""
+def load_exams(*check_dirs: Path, folds: dict[str, list[str]] | None = None
+               ) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
+    """Per exam of ``folds`` (default: every fold): lesion probability (the mean over ``check_dirs``),
+    truth, voxel size (the thick grid)."""
     exams = {}
-    for cases in FOLDS.values():
+    for cases in (FOLDS if folds is None else folds).values():
         for case in cases:
             paths = [d / "pred" / f"{case}_prob.nii.gz" for d in check_dirs] + [
                 check_dirs[0] / "heads_thick" / case / "lesion_mask.nii.gz"]
             missing = [str(path) for path in paths if not path.is_file()]
             if missing:
-                raise SystemExit(f"{missing[0]}: missing (run clinical_path_check.py for every fold first)")
+                raise SystemExit(f"{missing[0]}: missing (run clinical_path_check.py for every fold first, "
+                                 "or name the folds it predicted with --folds)")
             imgs = [nib.load(path) for path in paths[:-1]]
             for d, img in zip(check_dirs[1:], imgs[1:]):
                 if img.shape != imgs[0].shape or not np.allclose(img.affine, imgs[0].affine, atol=1e-5):
@@ -134,7 +142,7 @@ def side_by_side(check_dirs: list[Path], folds: dict[str, list[str]], peaks: tup
     """:func:`cross_fold` over every folder's maps, each a separate exam; ``network`` names the folder."""
     exams, keyed_folds = {}, {fold: [] for fold in folds}
     for i, check_dir in enumerate(check_dirs):
-        for case, exam in load_exams(check_dir).items():
+        for case, exam in load_exams(check_dir, folds=folds).items():
             exams[f"{case}@{i}"] = exam
         for fold, cases in folds.items():
             keyed_folds[fold] += [f"{case}@{i}" for case in cases]
@@ -163,9 +171,27 @@ def pooled(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def cases_pooled(tables: list[Path], folds: list[str]) -> pd.DataFrame:
+    """The per-exam rows of ``cross_fold_cases.csv`` files (a ``network`` column each: the file's folder
+    where the table has none), kept for ``folds`` and pooled per decision and network."""
+    parts = []
+    for path in tables:
+        try:
+            table = pd.read_csv(path)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{path}: not readable as a cross_fold_cases.csv ({exc})") from None
+        needed = {"decision", "fold", *CaseCounts.__dataclass_fields__}
+        if not needed <= set(table.columns):
+            raise SystemExit(f"{path}: not a cross_fold_cases.csv (no column {sorted(needed - set(table.columns))[0]})")
+        if "network" not in table:
+            table.insert(1, "network", str(path.parent))
+        parts.append(table[table["fold"].isin(folds)])
+    return pooled(pd.concat(parts, ignore_index=True))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check_dirs", type=Path, nargs="+", metavar="CHECK_DIR",
+    p.add_argument("check_dirs", type=Path, nargs="*", metavar="CHECK_DIR",
                    help="a clinical_path_check.py --out folder with every fold predicted; several: their ensemble")
     p.add_argument("--peaks", type=float, nargs="+", default=[0.0], metavar="H",
                    help="peak cut-offs to search too (0: none; default: no peak rule)")
@@ -175,17 +201,37 @@ def main() -> None:
                    help="also score this decision on every exam (e.g. the shipped model's)")
     p.add_argument("--side-by-side", action="store_true",
                    help="several folders: keep their networks apart (not averaged); decisions chosen on all their maps")
+    p.add_argument("--folds", nargs="+", choices=list(FOLDS), metavar="FOLD",
+                   help=f"only these folds (of {', '.join(FOLDS)}); each chosen on the other listed ones")
+    p.add_argument("--cases", type=Path, nargs="+", metavar="CSV",
+                   help="no maps: pool these studies' cross_fold_cases.csv rows over --folds")
     p.add_argument("--out", type=Path, help="folder for cross_fold.csv, cross_fold_cases.csv, decisions.json")
     args = p.parse_args()
+    folds = {fold: FOLDS[fold] for fold in (args.folds or FOLDS)}
+    if args.cases:
+        if args.check_dirs:
+            p.error("--cases pools committed tables: give no CHECK_DIR with it")
+        summary = cases_pooled(args.cases, list(folds))
+        print(summary.to_string(index=False))
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            summary.to_csv(args.out / "cross_fold.csv", index=False)
+            print(f"written to {args.out}")
+        return
+    if not args.check_dirs:
+        p.error("give a CHECK_DIR (a clinical_path_check.py --out folder) or --cases")
+    if len(folds) < 2:
+        p.error("--folds: at least two folds (each one's decision is chosen on the others)")
     peaks = tuple(sorted(set(args.peaks) | {0.0}))
     fixed = ({"threshold": args.fixed[0], "min_lesion_mm3": args.fixed[1], "min_peak": 0.0}
              if args.fixed else None)
     if args.fixed and not (0 < args.fixed[0] < 1 and args.fixed[1] >= 0):
         p.error(f"--fixed {args.fixed[0]:g} {args.fixed[1]:g}: a threshold in (0, 1) and a size >= 0")
     if args.side_by_side:
-        table, decisions = side_by_side(args.check_dirs, FOLDS, peaks, tuple(args.thresholds), fixed)
+        table, decisions = side_by_side(args.check_dirs, folds, peaks, tuple(args.thresholds), fixed)
     else:
-        table, decisions = cross_fold(load_exams(*args.check_dirs), FOLDS, peaks, tuple(args.thresholds), fixed)
+        table, decisions = cross_fold(load_exams(*args.check_dirs, folds=folds), folds, peaks, tuple(args.thresholds),
+                                      fixed)
     summary = pooled(table)
     print(summary.to_string(index=False))
     print(json.dumps(decisions, indent=1))

@@ -111,3 +111,58 @@ def test_a_fixed_decision_is_scored_on_every_exam_as_given():
     assert (rows.threshold == 0.97).all()
     assert (rows.loc["a1", "TP"], rows.loc["a1", "FP"]) == (1, 1)  # 0.975 passes 0.97
     assert (rows.loc["b1", "TP"], rows.loc["b1", "FP"]) == (0, 0)  # 0.96 does not
+
+
+def test_a_screen_on_some_folds_reads_scores_and_decides_those_only(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    import pytest
+
+    module = load_pipeline("cross_fold_decision")
+    rng = np.random.default_rng(1)
+    screened = {c: rng.random((6, 5, 4), dtype=np.float32) for fold in ("L19", "M14") for c in module.FOLDS[fold]}
+    _write_check(tmp_path / "check", screened)
+    monkeypatch.setattr(sys, "argv", ["cross_fold_decision.py", str(tmp_path / "check")])
+    with pytest.raises(SystemExit, match="--folds"):  # the other folds' maps are not there
+        module.main()
+    out = tmp_path / "study"
+    monkeypatch.setattr(sys, "argv", ["cross_fold_decision.py", str(tmp_path / "check"), "--folds", "L19", "M14",
+                                      "--fixed", "0.9", "0", "--out", str(out)])
+    module.main()
+    assert set(json.loads((out / "decisions.json").read_text())) == {"L19", "M14", "all"}
+    cases = __import__("pandas").read_csv(out / "cross_fold_cases.csv")
+    assert set(cases.fold) == {"L19", "M14"} and set(cases.case) == set(screened)
+    monkeypatch.setattr(sys, "argv", ["cross_fold_decision.py", str(tmp_path / "check"), "--folds", "L19"])
+    with pytest.raises(SystemExit):  # one fold has no other fold to choose its decision on
+        module.main()
+    capsys.readouterr()
+
+
+def test_committed_per_exam_tables_are_pooled_again_over_the_folds_asked(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import pandas as pd
+    import pytest
+
+    module = load_pipeline("cross_fold_decision")
+    counts = {"GT": 4, "TP": 3, "FN": 1, "FP": 1, "n_pred": 4, "TP_pred": 3, "lesion_f1": 0.75, "dice": 0.6}
+    rows = [{"decision": "fixed: 0.99, 0 mm3", "case": case, "fold": fold, "threshold": 0.99, "min_lesion_mm3": 0.0,
+             "min_peak": 0.0, **counts} for fold, cases in module.FOLDS.items() for case in cases]
+    (tmp_path / "a").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "a" / "cross_fold_cases.csv", index=False)
+    other = pd.DataFrame(rows).assign(TP=1, FN=3, dice=0.2)
+    other.insert(1, "network", "runs/clinical_path/seed1")
+    other.to_csv(tmp_path / "b.csv", index=False)
+    table = module.cases_pooled([tmp_path / "a" / "cross_fold_cases.csv", tmp_path / "b.csv"], ["L19", "M14"])
+    table = table.set_index("network")
+    n = len(module.FOLDS["L19"]) + len(module.FOLDS["M14"])
+    assert table.loc[str(tmp_path / "a"), "GT"] == 4 * n and table.loc[str(tmp_path / "a"), "TP"] == 3 * n
+    assert table.loc["runs/clinical_path/seed1", "TP"] == n
+    assert table.loc["runs/clinical_path/seed1", "dice_mean"] == pytest.approx(0.2)
+    assert table.loc["all", "TP"] == 4 * n
+    (tmp_path / "bad.csv").write_text("decision,case\nx,y\n")
+    monkeypatch.setattr(sys, "argv", ["cross_fold_decision.py", "--cases", str(tmp_path / "bad.csv"), "--folds", "L19"])
+    with pytest.raises(SystemExit, match="bad.csv: not a cross_fold_cases.csv"):
+        module.main()
+    capsys.readouterr()
